@@ -1,0 +1,1 @@
+"""mnist-vae's exporter: model.pt -> encoder.onnx + decoder.onnx + manifest.json, verified."""
