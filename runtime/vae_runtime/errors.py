@@ -1,4 +1,4 @@
-"""The project's exception hierarchy: every user-facing failure is a VaeError with a one-line message."""
+"""The exception hierarchy: every failure a user can cause is a VaeError with a one-line message."""
 
 from __future__ import annotations
 
