@@ -1,0 +1,41 @@
+# Two entry points on a fresh machine: `make demo` (install, train, export, generate) and
+# `make test` (install, lint, run the suite). Both install into $(VENV), torch pinned first:
+# an unpinned torch would pull the multi-GB CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= out
+TORCH ?= torch==2.13.0
+
+.PHONY: install test lint demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[train,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest
+
+demo: install
+	mkdir -p $(OUT)
+	$(BIN)/vae-train --out $(OUT)
+	$(BIN)/vae-export $(OUT)/model.pt --force
+	$(BIN)/vae-generate --onnx $(OUT)/decoder.onnx --out $(OUT)/samples.png
+	@echo "wrote $(OUT)/model.pt, $(OUT)/encoder.onnx, $(OUT)/decoder.onnx, $(OUT)/samples.png"
+
+bench: install
+	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/generate_speed.py --model $(OUT)/model.pt --decoder $(OUT)/decoder.onnx
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache
