@@ -30,6 +30,17 @@ DECODER_FILE = "decoder.onnx"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "mnist-vae/manifest"
 
+# Keys of manifest.json that the runtime may read. A graph's checksum is at
+# manifest[MANIFEST_FILES][<file name>][MANIFEST_SHA256] (hex SHA-256 of the file's bytes).
+MANIFEST_KEY_FORMAT = "format"  # MANIFEST_FORMAT
+MANIFEST_KEY_VERSION = "format_version"  # FORMAT_VERSION
+MANIFEST_FILES = "files"  # {ENCODER_FILE: {sha256, bytes}, DECODER_FILE: {...}}
+MANIFEST_SHA256 = "sha256"
+MANIFEST_BYTES = "bytes"
+MANIFEST_CHECKPOINT = "checkpoint"  # {"name": "model.pt", "sha256": ...}
+MANIFEST_LATENT_DIM = "latent_dim"
+MANIFEST_OPSET = "opset"
+
 ROLES = ("encoder", "decoder")
 
 # Keys of ONNX metadata_props; every value is a string (JSON where it is structured).

@@ -19,7 +19,7 @@ def check_output_dir(directory: Path) -> None:
     if not directory.is_dir():
         raise OutputError(f"output path {directory} is not a folder")
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise OutputError(f"output folder {directory} is not writable; choose another with --out")
+        raise OutputError(f"output folder {directory} is not writable; choose another folder")
 
 
 def check_output_file(path: Path, *, force: bool = True) -> None:

@@ -1,0 +1,71 @@
+"""`vae-export model.pt`: the exporter's command line; it parses options and calls one function."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from vae_runtime._cli import VaeCommand, make_app
+from vae_train.cli import INSTALL_HINT  # torch-free modules, like this one
+from vae_train.data import DATA_DIR_ENV
+
+from . import DEFAULT_OPSET, MIN_OPSET
+
+app = make_app(
+    "Export a model.pt to encoder.onnx, decoder.onnx and manifest.json, after checking that "
+    "onnxruntime and PyTorch agree on both graphs (batch sizes 1, 2, 64, 1000; atol 1e-5)."
+)
+
+
+@app.command(cls=VaeCommand)
+def export(
+    checkpoint: Path = typer.Argument(..., metavar="MODEL.PT", help="checkpoint from vae-train"),
+    out_dir: Path | None = typer.Option(
+        None,
+        "--out-dir",
+        "-o",
+        help="folder for the three files  [default: the checkpoint's folder]",
+    ),
+    opset: int = typer.Option(
+        DEFAULT_OPSET, "--opset", help=f"ONNX opset of both graphs, {MIN_OPSET} or newer"
+    ),
+    force: bool = typer.Option(False, "--force", "-f", help="replace existing output files"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="print errors only"),
+    data_dir: Path | None = typer.Option(
+        None,
+        "--data-dir",
+        envvar=DATA_DIR_ENV,
+        help="MNIST IDX folder: its test images check the encoder  "
+        "[default: the model's own decoded samples]",
+    ),
+) -> None:
+    """Export MODEL.PT to ONNX and verify it against PyTorch before keeping anything."""
+    # Imported here: torch loads only once main() has checked that it is installed.
+    from .onnx_export import export_checkpoint
+
+    export_checkpoint(
+        checkpoint,
+        out_dir,
+        opset=opset,
+        force=force,
+        data_dir=data_dir,
+        log=None if quiet else typer.echo,
+    )
+
+
+def main() -> None:
+    """Console entry point: a one-line hint instead of a traceback when torch is missing."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as exc:
+        print(
+            f"vae-export: error: {exc.name or 'PyTorch'} is not installed; install the training "
+            f"extra: {INSTALL_HINT}",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    app(prog_name="vae-export")

@@ -1,0 +1,124 @@
+"""What the exporter writes: lean valid graphs, metadata and a manifest the runtime reads back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import onnx
+
+from vae_export import DEFAULT_OPSET, MIN_OPSET
+from vae_export.onnx_export import export_checkpoint
+from vae_export.verify import ATOL
+from vae_runtime import contract as C
+from vae_runtime.fileio import sha256_file
+
+if TYPE_CHECKING:  # the fixture's type, defined in tests/export/conftest.py
+    from conftest import Exported
+
+OPERATORS = {
+    C.ENCODER_FILE: ["Reshape", "Gemm", "Relu", "Gemm", "Gemm"],
+    C.DECODER_FILE: ["Gemm", "Relu", "Gemm", "Sigmoid", "Reshape"],
+}
+WEIGHTS = {
+    C.ENCODER_FILE: {"fc1", "fc2_mu", "fc2_logvar"},
+    C.DECODER_FILE: {"fc3", "fc4"},
+}
+
+
+def _graphs(ex: Exported) -> dict[str, onnx.ModelProto]:
+    return {
+        C.ENCODER_FILE: onnx.load(str(ex.result.encoder), load_external_data=False),
+        C.DECODER_FILE: onnx.load(str(ex.result.decoder), load_external_data=False),
+    }
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+def test_graphs_are_lean_self_contained_and_pass_the_full_check(exported: Exported) -> None:
+    for name, model in _graphs(exported).items():
+        onnx.checker.check_model(model, full_check=True)
+        assert [n.op_type for n in model.graph.node] == OPERATORS[name], name
+        assert [o.version for o in model.opset_import if o.domain == ""] == [DEFAULT_OPSET]
+        assert not model.graph.value_info
+        assert not model.functions
+        assert all(not n.doc_string and not n.metadata_props for n in model.graph.node)
+        weights = {t.name.split(".")[0] for t in model.graph.initializer} - {"reshape"}
+        assert weights == WEIGHTS[name]
+        used = {i for n in model.graph.node for i in n.input}
+        assert all(t.name in used for t in model.graph.initializer)
+        assert all(t.data_location == onnx.TensorProto.DEFAULT for t in model.graph.initializer)
+        assert model.producer_name == C.PRODUCER
+
+
+def test_graph_inputs_and_outputs_follow_the_contract(exported: Exported) -> None:
+    d = exported.model.config.latent_dim
+    graphs = _graphs(exported)
+    enc, dec = graphs[C.ENCODER_FILE].graph, graphs[C.DECODER_FILE].graph
+    assert [(v.name, _dims(v)) for v in enc.input] == [
+        (C.ENCODER_INPUT, [C.BATCH_AXIS, *C.IMAGE_SHAPE])
+    ]
+    assert [(v.name, _dims(v)) for v in enc.output] == [
+        (name, [C.BATCH_AXIS, d]) for name in C.ENCODER_OUTPUTS
+    ]
+    assert [(v.name, _dims(v)) for v in dec.input] == [(C.DECODER_INPUT, [C.BATCH_AXIS, d])]
+    assert [(v.name, _dims(v)) for v in dec.output] == [
+        (C.DECODER_OUTPUT, [C.BATCH_AXIS, *C.IMAGE_SHAPE])
+    ]
+
+
+def test_metadata_round_trips_through_the_runtime_parser(exported: Exported) -> None:
+    for (name, model), role in zip(_graphs(exported).items(), C.ROLES, strict=True):
+        props = {p.key: p.value for p in model.metadata_props}
+        info = C.parse_metadata(props, name)
+        assert info.role == role
+        assert info.latent_dim == exported.model.config.latent_dim
+        assert info.format_version == C.FORMAT_VERSION
+        assert info.producer == C.PRODUCER
+        assert info.source == {
+            "checkpoint": exported.checkpoint.name,
+            "sha256": sha256_file(exported.checkpoint),
+        }
+        assert info.training["epochs"] == 1
+        assert info.training["test_loss"] > 0
+
+
+def test_manifest_round_trips_and_its_checksums_match_the_files(exported: Exported) -> None:
+    manifest = json.loads(exported.result.manifest.read_text(encoding="utf-8"))
+    assert manifest == exported.result.content
+    assert manifest[C.MANIFEST_KEY_FORMAT] == C.MANIFEST_FORMAT
+    assert manifest[C.MANIFEST_KEY_VERSION] == C.FORMAT_VERSION
+    files = manifest[C.MANIFEST_FILES]
+    assert set(files) == {C.ENCODER_FILE, C.DECODER_FILE}
+    for path in (exported.result.encoder, exported.result.decoder):
+        assert files[path.name][C.MANIFEST_SHA256] == sha256_file(path)
+        assert files[path.name][C.MANIFEST_BYTES] == path.stat().st_size
+    assert manifest[C.MANIFEST_CHECKPOINT] == {
+        "name": exported.checkpoint.name,
+        C.MANIFEST_SHA256: sha256_file(exported.checkpoint),
+    }
+    assert manifest[C.MANIFEST_LATENT_DIM] == exported.model.config.latent_dim
+    assert manifest[C.MANIFEST_OPSET] == DEFAULT_OPSET
+    assert {"torch", "onnx", "onnxruntime", C.PRODUCER} <= set(manifest["versions"])
+    rows = manifest["verification"]["comparisons"]
+    assert manifest["verification"]["passed"] is True
+    assert {(r["graph"], r["output"]) for r in rows} == {
+        ("encoder", "mu"),
+        ("encoder", "logvar"),
+        ("decoder", "image"),
+    }
+    assert all(0 <= r["max_abs"] <= ATOL and r["passed"] for r in rows)
+
+
+def test_the_lowest_opset_exports_and_verifies(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    opset = MIN_OPSET  # below the exporter's native 18: goes through onnx's version converter
+    result = export_checkpoint(checkpoints["tiny"], tmp_path, opset=opset)
+    assert result.report.passed
+    model = onnx.load(str(result.decoder))
+    assert [o.version for o in model.opset_import if o.domain == ""] == [opset]
+    assert result.content[C.MANIFEST_OPSET] == opset

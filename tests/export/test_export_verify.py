@@ -1,0 +1,116 @@
+"""The parity check itself: it fails when the graphs disagree, and then nothing is written."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+
+from vae_export import onnx_export
+from vae_export.verify import (
+    ATOL,
+    BATCH_SIZES,
+    Report,
+    VerificationError,
+    compare_graph,
+    decoder_inputs,
+    encoder_inputs,
+)
+from vae_runtime.contract import DECODER_INPUT, DECODER_OUTPUT, ENCODER_INPUT
+
+if TYPE_CHECKING:  # the fixture's type, defined in tests/export/conftest.py
+    from conftest import Exported
+
+
+def _onnx_decoder(ex: Exported, shift: float = 0.0, nan: bool = False):
+    """A reference that is the ONNX decoder itself, optionally shifted or poisoned."""
+
+    def run(z: np.ndarray) -> Mapping[str, np.ndarray]:
+        out = ex.decoder.run(None, {DECODER_INPUT: z})[0] + np.float32(shift)
+        if nan:
+            out[0, 0, 0, 0] = np.nan
+        return {DECODER_OUTPUT: out}
+
+    return run
+
+
+def test_identical_outputs_pass_with_zero_difference(exported: Exported) -> None:
+    cases = decoder_inputs(exported.model.config.latent_dim)
+    rows = compare_graph(
+        "decoder", exported.result.decoder, DECODER_INPUT, _onnx_decoder(exported), cases
+    )
+    assert [r.inputs for r in rows] == list(cases)
+    assert all(r.passed and r.max_abs == 0.0 and r.batch_sizes == BATCH_SIZES for r in rows)
+
+
+@pytest.mark.parametrize(("shift", "nan"), [(3 * ATOL, False), (0.0, True)])
+def test_a_difference_beyond_atol_or_a_nan_fails(
+    exported: Exported, shift: float, nan: bool
+) -> None:
+    cases = decoder_inputs(exported.model.config.latent_dim)
+    rows = compare_graph(
+        "decoder",
+        exported.result.decoder,
+        DECODER_INPUT,
+        _onnx_decoder(exported, shift, nan),
+        cases,
+        batch_sizes=(1, 5),
+    )
+    report = Report(tuple(rows))
+    assert not report.passed
+    assert all(not r.passed for r in rows)
+    message = report.failure_message()
+    assert f"decoder output '{DECODER_OUTPUT}'" in message
+    assert f"atol {ATOL:g}" in message
+    assert ("inf" if nan else f"{3 * ATOL:.3g}") in message
+    assert " NO" in report.table()
+
+
+def test_verification_inputs_are_fixed_and_in_range(digits: np.ndarray) -> None:
+    a, b = encoder_inputs(digits, "digits"), encoder_inputs(digits, "digits")
+    for kind, data in a.items():
+        np.testing.assert_array_equal(data, b[kind])
+        assert data.shape == (max(BATCH_SIZES), 1, 28, 28)
+        assert data.dtype == np.float32
+        assert data.min() >= 0.0
+        assert data.max() <= 1.0
+    latents = list(decoder_inputs(8).values())
+    assert np.abs(latents[1]).max() == pytest.approx(10.0)
+    assert 5.0 < np.abs(latents[0]).max() < 30.0  # N(0, I) * 3 over 8000 draws
+
+
+def test_an_unloadable_graph_is_a_verification_error(tmp_path: Path) -> None:
+    bad = tmp_path / "encoder.onnx"
+    bad.write_bytes(b"not a graph")
+    with pytest.raises(VerificationError, match="cannot load the exported encoder"):
+        compare_graph("encoder", bad, ENCODER_INPUT, lambda x: {}, {})
+
+
+def test_failed_verification_replaces_nothing(
+    checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = {name: f"old {name}".encode() for name in ("encoder.onnx", "decoder.onnx")}
+    old["manifest.json"] = b"{}"
+    for name, data in old.items():
+        (tmp_path / name).write_bytes(data)
+    real = onnx_export._torch_references
+
+    def off_by_1e3(model):  # the torch side now disagrees with the graphs
+        return [
+            lambda batch, ref=ref: {k: v + 1e-3 for k, v in ref(batch).items()}
+            for ref in real(model)
+        ]
+
+    monkeypatch.setattr(onnx_export, "_torch_references", off_by_1e3)
+    with pytest.raises(VerificationError) as info:
+        onnx_export.export_checkpoint(checkpoints["tiny"], tmp_path, force=True)
+    message = str(info.value)
+    for output in ("'mu'", "'logvar'", "'image'"):
+        assert output in message
+    assert "0.001" in message
+    assert f"atol {ATOL:g}" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(old)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old
