@@ -1,0 +1,263 @@
+"""The runtime's commands: vae-generate, vae-interpolate, vae-reconstruct (no torch needed).
+
+Each command only declares its options and calls one function of `tasks`; errors become one line
+on stderr through `VaeCommand`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from . import tasks
+from ._cli import VaeCommand, make_app
+from .images import MAX_GRID_PIXELS
+from .inputs import CONVERSION
+from .session import DEFAULT_BATCH_SIZE
+
+_CAP = f"Grids above {MAX_GRID_PIXELS:,} pixels are refused."
+_PROVIDERS_HELP = (
+    "onnxruntime execution provider; repeat for a preference list (default: CPUExecutionProvider)."
+)
+_THREADS_HELP = "Threads per graph run (default: one per available core)."
+
+
+def _provider_option() -> list[str]:
+    return typer.Option(
+        [], "--provider", help=_PROVIDERS_HELP, show_default=False, metavar="<name>"
+    )
+
+
+_GENERATE_HELP = (
+    "Decode samples from the prior with decoder.onnx: a PNG grid, and on request raw .npy arrays "
+    "or one PNG per image. Same seed, same bytes. " + _CAP
+)
+
+
+generate_app = make_app(_GENERATE_HELP)
+
+
+@generate_app.command(cls=VaeCommand, help=_GENERATE_HELP)
+def generate(
+    decoder: Path = typer.Option(
+        ..., "--onnx", "--decoder", help="decoder.onnx from vae-export.", show_default=False
+    ),
+    rows: int = typer.Option(5, "--rows", help="Grid rows."),
+    cols: int = typer.Option(5, "--cols", help="Grid columns."),
+    seed: int = typer.Option(0, "--seed", help="Seed of numpy's default_rng for the latents."),
+    temperature: float = typer.Option(
+        1.0, "--temperature", "-t", help="Scale of the prior N(0, t^2 I); 0 decodes the mean."
+    ),
+    out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="Grid PNG to write."),
+    grid: bool = typer.Option(True, "--grid/--no-grid", help="Write the grid PNG at --out."),
+    count: int = typer.Option(
+        None,
+        "--count",
+        "-n",
+        help="Samples to decode (default rows x cols); the grid shows the first rows x cols. "
+        "For bulk output with --npy or --images-dir.",
+        show_default=False,
+    ),
+    npy: Path = typer.Option(
+        None,
+        "--npy",
+        help="Also write all samples as float32 (N, 1, 28, 28) in [0, 1] to this .npy, "
+        "streamed batch by batch.",
+        show_default=False,
+    ),
+    images_dir: Path = typer.Option(
+        None,
+        "--images-dir",
+        help="Also write each sample as its own PNG (sample_00000.png, ...) in this folder.",
+        show_default=False,
+    ),
+    manifold: bool = typer.Option(
+        False,
+        "--manifold",
+        help="Latent size 2 only: decode a rows x cols lattice over the latent plane at the "
+        "prior's quantiles instead of random samples (x rises rightwards, y upwards).",
+    ),
+    scale: int = typer.Option(1, "--scale", help="Upscale every pixel by this integer factor."),
+    padding: int = typer.Option(2, "--padding", help="Black pixels between and around images."),
+    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Rows per run."),
+    provider: list[str] = _provider_option(),
+    threads: int = typer.Option(None, "--threads", help=_THREADS_HELP, show_default=False),
+) -> None:
+    """Decode samples from the prior into a grid PNG (and .npy / per-image files)."""
+    print(
+        tasks.write_samples(
+            decoder,
+            out if grid else None,
+            rows=rows,
+            cols=cols,
+            seed=seed,
+            temperature=temperature,
+            count=count,
+            scale=scale,
+            padding=padding,
+            npy=npy,
+            images_dir=images_dir,
+            manifold=manifold,
+            providers=provider,
+            threads=threads,
+            batch_size=batch_size,
+        )
+    )
+
+
+_INTERPOLATE_HELP = (
+    "Walk the latent space between two prior samples (two seeds) or, with --encoder, between two "
+    "input images; write the path as a grid PNG and an animated GIF (there and back). "
+    + CONVERSION
+    + " "
+    + _CAP
+)
+
+
+interpolate_app = make_app(_INTERPOLATE_HELP)
+
+
+@interpolate_app.command(cls=VaeCommand, help=_INTERPOLATE_HELP)
+def interpolate(
+    inputs: list[Path] = typer.Argument(
+        None,
+        help="With --encoder: two image files (or one IDX file: its first two images).",
+        metavar="FILE",
+        show_default=False,
+    ),
+    decoder: Path = typer.Option(
+        ..., "--onnx", "--decoder", help="decoder.onnx from vae-export.", show_default=False
+    ),
+    encoder: Path = typer.Option(
+        None,
+        "--encoder",
+        help="encoder.onnx, to start and end at input images.",
+        show_default=False,
+    ),
+    from_seed: int = typer.Option(0, "--from-seed", help="Seed of the starting latent."),
+    to_seed: int = typer.Option(1, "--to-seed", help="Seed of the final latent."),
+    temperature: float = typer.Option(
+        1.0, "--temperature", "-t", help="Scale of the prior for the two seeded latents."
+    ),
+    steps: int = typer.Option(10, "--steps", help="Images on the path, both ends included."),
+    method: str = typer.Option(
+        "slerp",
+        "--method",
+        metavar="slerp|lerp",
+        help="slerp (great circle, keeps Gaussian-typical norms) or lerp (straight line).",
+    ),
+    out: Path = typer.Option(Path("interpolation.png"), "--out", "-o", help="Grid PNG."),
+    gif: Path = typer.Option(Path("interpolation.gif"), "--gif", help="Animated GIF."),
+    no_gif: bool = typer.Option(False, "--no-gif", help="Do not write the GIF."),
+    cols: int = typer.Option(
+        None, "--cols", help="Grid columns (default: steps, one row).", show_default=False
+    ),
+    scale: int = typer.Option(1, "--scale", help="Upscale factor of the grid PNG."),
+    padding: int = typer.Option(2, "--padding", help="Black pixels between and around images."),
+    gif_scale: int = typer.Option(4, "--gif-scale", help="Upscale factor of the GIF frames."),
+    frame_ms: int = typer.Option(100, "--frame-ms", help="Milliseconds per GIF frame."),
+    npy: Path = typer.Option(
+        None,
+        "--npy",
+        help="Also write the path's images, float32 (steps, 1, 28, 28).",
+        show_default=False,
+    ),
+    provider: list[str] = _provider_option(),
+    threads: int = typer.Option(None, "--threads", help=_THREADS_HELP, show_default=False),
+) -> None:
+    """Interpolate between two latents and write the path as a grid PNG and a GIF."""
+    print(
+        tasks.write_interpolation(
+            decoder,
+            out,
+            None if no_gif else gif,
+            encoder_path=encoder,
+            inputs=inputs or [],
+            from_seed=from_seed,
+            to_seed=to_seed,
+            temperature=temperature,
+            steps=steps,
+            method=method,
+            cols=cols,
+            scale=scale,
+            padding=padding,
+            gif_scale=gif_scale,
+            frame_ms=frame_ms,
+            npy=npy,
+            providers=provider,
+            threads=threads,
+        )
+    )
+
+
+_RECONSTRUCT_HELP = (
+    "Encode input images and decode them again: a grid PNG in which each row of originals is "
+    "followed by the row of their reconstructions. " + CONVERSION + " " + _CAP
+)
+
+
+reconstruct_app = make_app(_RECONSTRUCT_HELP)
+
+
+@reconstruct_app.command(cls=VaeCommand, help=_RECONSTRUCT_HELP)
+def reconstruct(
+    inputs: list[Path] = typer.Argument(
+        ...,
+        help="Image files (PNG, JPEG, ...) and/or IDX files.",
+        show_default=False,
+        metavar="FILE",
+    ),
+    encoder: Path = typer.Option(
+        ..., "--encoder", help="encoder.onnx from vae-export.", show_default=False
+    ),
+    decoder: Path = typer.Option(
+        ..., "--decoder", "--onnx", help="decoder.onnx from vae-export.", show_default=False
+    ),
+    count: int = typer.Option(
+        10, "--count", "-n", help="Use at most this many images, in input order."
+    ),
+    cols: int = typer.Option(10, "--cols", help="Images per row."),
+    out: Path = typer.Option(Path("reconstructions.png"), "--out", "-o", help="Grid PNG to write."),
+    scale: int = typer.Option(1, "--scale", help="Upscale every pixel by this integer factor."),
+    padding: int = typer.Option(2, "--padding", help="Black pixels between and around images."),
+    npy: Path = typer.Option(
+        None,
+        "--npy",
+        help="Also write the reconstructions, float32 (N, 1, 28, 28).",
+        show_default=False,
+    ),
+    provider: list[str] = _provider_option(),
+    threads: int = typer.Option(None, "--threads", help=_THREADS_HELP, show_default=False),
+) -> None:
+    """Reconstruct input images through encoder.onnx and decoder.onnx."""
+    print(
+        tasks.write_reconstructions(
+            encoder,
+            decoder,
+            inputs,
+            out,
+            count=count,
+            cols=cols,
+            scale=scale,
+            padding=padding,
+            npy=npy,
+            providers=provider,
+            threads=threads,
+        )
+    )
+
+
+def generate_main() -> None:
+    """Entry point of `vae-generate`."""
+    generate_app(prog_name="vae-generate")
+
+
+def interpolate_main() -> None:
+    """Entry point of `vae-interpolate`."""
+    interpolate_app(prog_name="vae-interpolate")
+
+
+def reconstruct_main() -> None:
+    """Entry point of `vae-reconstruct`."""
+    reconstruct_app(prog_name="vae-reconstruct")

@@ -1,0 +1,351 @@
+"""The three runtime commands through CliRunner: outputs, byte-identical reruns, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner, Result
+
+from vae_runtime import Decoder, fileio, sample_latents
+from vae_runtime.cli import generate_app, interpolate_app, reconstruct_app
+from vae_runtime.idx import write_idx
+
+runner = CliRunner()
+
+
+def run(app, args: list[str]) -> Result:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def files_in(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+def assert_one_line_error(result: Result, pattern: str, code: int = 1) -> None:
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert ": error: " in lines[0]
+    assert pattern in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty current folder for the command's default outputs."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder
+
+
+# -- vae-generate --------------------------------------------------------------------------------
+
+
+def test_generate_default_is_a_5x5_grid_and_byte_identical(graphs, work: Path) -> None:
+    result = run(generate_app, ["--onnx", graphs["decoder"]])
+    assert result.exit_code == 0, result.output
+    first = (work / "samples.png").read_bytes()
+    with Image.open(work / "samples.png") as image:
+        assert image.size == (5 * 30 + 2, 5 * 30 + 2)
+        assert image.mode == "L"
+    assert files_in(work) == {"samples.png"}  # no temporary file left behind
+    assert run(generate_app, ["--onnx", graphs["decoder"]]).exit_code == 0
+    assert (work / "samples.png").read_bytes() == first
+    run(generate_app, ["--onnx", graphs["decoder"], "--seed", "1", "-o", "other.png"])
+    assert (work / "other.png").read_bytes() != first
+
+
+def test_generate_grid_shows_the_seeds_samples(graphs, work: Path) -> None:
+    args = ["--decoder", graphs["decoder20"], "--rows", "2", "--cols", "3", "--seed", "4"]
+    result = run(generate_app, [*args, "-t", "0.7", "--scale", "2", "--padding", "0"])
+    assert result.exit_code == 0, result.output
+    grid = np.asarray(Image.open(work / "samples.png"))
+    assert grid.shape == (2 * 28 * 2, 3 * 28 * 2)
+    expected = Decoder.load(graphs["decoder20"]).decode(sample_latents(6, 20, 4, 0.7))
+    pixels = np.rint(expected[:, 0] * 255).astype(np.uint8)  # (6, 28, 28)
+    np.testing.assert_array_equal(grid[56:112:2, 56:112:2], pixels[4])  # row 1, col 1 (0-based)
+
+
+def test_generate_npy_streams_every_sample(graphs, work: Path) -> None:
+    args = ["--onnx", graphs["decoder20"], "-n", "1000", "--npy", "all.npy", "--batch-size", "96"]
+    assert run(generate_app, [*args, "--no-grid"]).exit_code == 0
+    assert files_in(work) == {"all.npy"}
+    array = np.load(work / "all.npy")
+    assert array.shape == (1000, 1, 28, 28)
+    assert array.dtype == np.float32
+    expected = Decoder.load(graphs["decoder20"]).decode(sample_latents(1000, 20, 0))
+    np.testing.assert_allclose(array, expected, atol=1e-6)
+
+
+def test_generate_images_dir_writes_one_png_each(graphs, work: Path) -> None:
+    (work / "each").mkdir()
+    args = ["--onnx", graphs["decoder"], "-n", "12", "--images-dir", "each", "--scale", "2"]
+    assert run(generate_app, args).exit_code == 0
+    names = sorted(files_in(work / "each"))
+    assert names == [f"sample_{i:05d}.png" for i in range(12)]
+    with Image.open(work / "each" / names[0]) as image:
+        assert image.size == (56, 56)
+    assert (work / "samples.png").exists()  # the grid of the first 25 (here 12) too
+
+
+def test_generate_manifold_for_latent_size_2(graphs, work: Path) -> None:
+    args = ["--onnx", graphs["decoder"], "--manifold", "--rows", "4", "--cols", "6"]
+    assert run(generate_app, args).exit_code == 0
+    with Image.open(work / "samples.png") as image:
+        assert image.size == (6 * 30 + 2, 4 * 30 + 2)
+    result = run(generate_app, ["--onnx", graphs["decoder20"], "--manifold", "-o", "m.png"])
+    assert_one_line_error(result, "--manifold needs a latent size of 2")
+    assert not (work / "m.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern", "code"),
+    [
+        (["--rows", "0"], "rows must be >= 1, got 0", 1),
+        (["--cols", "-3"], "cols must be >= 1, got -3", 1),
+        (["--rows", "100000", "--cols", "100000"], "above the cap", 1),
+        (["--scale", "0"], "scale must be >= 1", 1),
+        (["--temperature", "-1"], "temperature must be a finite number >= 0", 1),
+        (["--temperature", "nan"], "temperature must be a finite number >= 0", 1),
+        (["--count", "0"], "count must be >= 1", 1),
+        (["--rows", "abc"], "Invalid value for '--rows'", 2),
+        (["--no-such-option"], "no-such-option", 2),
+        (["--provider", "NopeExecutionProvider"], "available providers: ", 1),
+        (["--out", "missing/samples.png"], "does not exist", 1),
+        (["--out", "."], "is a folder", 1),
+        (["--npy", "missing/a.npy"], "does not exist", 1),
+        (["--images-dir", "missing"], "does not exist", 1),
+        (["--npy", "samples.png"], "two outputs share one path", 1),
+        (["--no-grid"], "nothing to write", 1),
+        (["--manifold", "-n", "4"], "does not apply to --manifold", 1),
+        (["--threads", "0"], "threads must be >= 1", 1),
+        (["--batch-size", "0"], "batch size must be >= 1", 1),
+    ],
+)
+def test_generate_bad_arguments(
+    graphs, work: Path, args: list[str], pattern: str, code: int
+) -> None:
+    result = run(generate_app, ["--onnx", graphs["decoder"], *args])
+    assert_one_line_error(result, pattern, code)
+    assert files_in(work) == set()
+
+
+def test_generate_huge_grid_is_refused_before_allocating(graphs, work: Path) -> None:
+    # 10^10 cells would need terabytes; refusing from arithmetic alone proves nothing was made.
+    result = run(generate_app, ["--onnx", graphs["decoder"], "--rows", "100000", "--cols", "1e5"])
+    assert result.exit_code == 2
+    result = run(generate_app, ["--onnx", graphs["decoder"], "--rows", "99999", "--cols", "99999"])
+    assert_one_line_error(result, "pixels, above the cap of 67,108,864")
+
+
+def test_generate_wrong_and_broken_graphs(graphs, work: Path, tmp_path: Path) -> None:
+    assert_one_line_error(run(generate_app, ["--onnx", graphs["encoder"]]), "expected a decoder")
+    assert_one_line_error(run(generate_app, ["--onnx", "none.onnx"]), "no such file")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00garbage" * 10)
+    assert_one_line_error(run(generate_app, ["--onnx", junk]), "not a loadable ONNX graph")
+    result = run(generate_app, ["--onnx", graphs["nan_decoder"]])
+    assert_one_line_error(result, "contains NaN or infinite values")
+    assert files_in(work) == set()
+
+
+def test_generate_checksum_mismatch(graphs, work: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(graphs["decoder"].parent, export)
+    data = bytearray((export / "decoder.onnx").read_bytes())
+    data[-10] ^= 1  # one flipped bit in the graph's tail (metadata or weights)
+    (export / "decoder.onnx").write_bytes(bytes(data))
+    result = run(generate_app, ["--onnx", export / "decoder.onnx"])
+    assert_one_line_error(result, "does not match")
+
+
+def test_generate_into_read_only_folder(
+    graphs, work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    locked = work / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: make the permission check see the mode bits
+        real_access = os.access
+        monkeypatch.setattr(
+            fileio.os,
+            "access",
+            lambda p, mode: real_access(p, mode) and Path(p).resolve() != locked.resolve(),
+        )
+    result = run(generate_app, ["--onnx", graphs["decoder"], "-o", locked / "samples.png"])
+    assert_one_line_error(result, "is not writable")
+    assert files_in(locked) == set()
+
+
+def test_generate_interrupted_write_leaves_nothing(
+    graphs, work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vae_runtime import images
+
+    def explode(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(images.Image.Image, "save", explode)
+    result = run(generate_app, ["--onnx", graphs["decoder"], "--npy", "a.npy"])
+    assert result.exit_code != 0
+    assert files_in(work) == {"a.npy"}  # the complete .npy stays, no half PNG, no temporary
+
+
+def test_help_is_complete_with_defaults() -> None:
+    text = run(generate_app, ["--help"]).stdout
+    for word in (
+        "--rows",
+        "--cols",
+        "--seed",
+        "--temperature",
+        "--out",
+        "--scale",
+        "--npy",
+        "--images-dir",
+        "--manifold",
+        "--count",
+        "--provider",
+        "--threads",
+        "default: 5",
+        "samples.png",
+        "67,108,864",
+    ):
+        assert word in text, word
+    text = " ".join(run(reconstruct_app, ["--help"]).stdout.split())
+    assert "inverted if the border is light" in text
+    assert "16 Mpx" in text
+    text = " ".join(run(interpolate_app, ["--help"]).stdout.split())
+    for word in ("--steps", "slerp", "interpolation.gif", "--encoder", "--from-seed"):
+        assert word in text, word
+
+
+# -- vae-interpolate -----------------------------------------------------------------------------
+
+
+def test_interpolate_between_seeds_writes_grid_and_gif(graphs, work: Path) -> None:
+    result = run(interpolate_app, ["--onnx", graphs["decoder20"], "--steps", "6"])
+    assert result.exit_code == 0, result.output
+    with Image.open(work / "interpolation.png") as image:
+        assert image.size == (6 * 30 + 2, 32)
+    with Image.open(work / "interpolation.gif") as gif:
+        assert gif.n_frames == 2 * 6 - 2  # there and back, ends once each
+        assert gif.size == (112, 112)
+        assert gif.info["loop"] == 0
+    first = (work / "interpolation.gif").read_bytes()
+    run(interpolate_app, ["--onnx", graphs["decoder20"], "--steps", "6"])
+    assert (work / "interpolation.gif").read_bytes() == first
+
+
+def test_interpolate_path_ends_are_the_seeds_samples(graphs, work: Path) -> None:
+    args = ["--onnx", graphs["decoder20"], "--from-seed", "3", "--to-seed", "8", "--no-gif"]
+    assert run(interpolate_app, [*args, "--method", "lerp", "--npy", "p.npy"]).exit_code == 0
+    path = np.load(work / "p.npy")
+    decoder = Decoder.load(graphs["decoder20"])
+    ends = np.concatenate([sample_latents(1, 20, 3), sample_latents(1, 20, 8)])
+    np.testing.assert_allclose(path[[0, -1]], decoder.decode(ends), atol=1e-5)
+    assert not (work / "interpolation.gif").exists()
+
+
+def test_interpolate_between_images(graphs, work: Path, make_digits) -> None:
+    images, _ = make_digits(2, 5)
+    for i in range(2):
+        Image.fromarray(255 - images[i]).save(work / f"d{i}.png")  # black on white: inverted
+    args = ["--onnx", graphs["decoder"], "--encoder", graphs["encoder"], "d0.png", "d1.png"]
+    assert run(interpolate_app, args).exit_code == 0
+    assert {"interpolation.png", "interpolation.gif"} <= files_in(work)
+
+
+@pytest.mark.parametrize(
+    ("extra", "pattern"),
+    [
+        (["--steps", "1"], "steps must be >= 2"),
+        (["--method", "cubic"], "'lerp' or 'slerp'"),
+        (["--temperature", "nan"], "temperature"),
+        (["--steps", "400", "--gif-scale", "40"], "above the cap"),
+        (["a.png"], "need --encoder"),
+        (["--gif", "nowhere/x.gif"], "does not exist"),
+    ],
+)
+def test_interpolate_bad_arguments(graphs, work: Path, extra: list[str], pattern: str) -> None:
+    assert_one_line_error(run(interpolate_app, ["--onnx", graphs["decoder"], *extra]), pattern)
+    assert files_in(work) == set()
+
+
+def test_interpolate_latent_size_mismatch(graphs, work: Path, make_digits) -> None:
+    write_idx(work / "two.idx", make_digits(2, 0)[0])
+    args = ["--onnx", graphs["decoder"], "--encoder", graphs["encoder20"], "two.idx"]
+    assert_one_line_error(run(interpolate_app, args), "latent size 20")
+    assert files_in(work) == {"two.idx"}
+
+
+# -- vae-reconstruct -----------------------------------------------------------------------------
+
+
+def test_reconstruct_pngs_originals_above_reconstructions(graphs, work: Path, make_digits) -> None:
+    images, _ = make_digits(3, 1)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(work / f"in{i}.png")
+    args = ["--encoder", graphs["encoder"], "--decoder", graphs["decoder"], "--padding", "0"]
+    result = run(reconstruct_app, [*args, "in0.png", "in1.png", "in2.png"])
+    assert result.exit_code == 0, result.output
+    grid = np.asarray(Image.open(work / "reconstructions.png"))
+    assert grid.shape == (56, 84)
+    np.testing.assert_array_equal(grid[:28, 28:56], images[1])  # originals on top, as given
+    assert grid[28:].any()
+    first = (work / "reconstructions.png").read_bytes()
+    run(reconstruct_app, [*args, "in0.png", "in1.png", "in2.png"])
+    assert (work / "reconstructions.png").read_bytes() == first
+
+
+def test_reconstruct_idx_file_with_count_and_cols(graphs, work: Path, make_digits) -> None:
+    write_idx(work / "t10k-images-idx3-ubyte.gz", make_digits(50, 2)[0])
+    args = ["--encoder", graphs["encoder"], "--decoder", graphs["decoder"], "-n", "7"]
+    result = run(
+        reconstruct_app, [*args, "--cols", "4", "--npy", "r.npy", "t10k-images-idx3-ubyte.gz"]
+    )
+    assert result.exit_code == 0, result.output
+    with Image.open(work / "reconstructions.png") as image:
+        assert image.size == (4 * 30 + 2, 4 * 30 + 2)  # two blocks of (originals, recon)
+    assert np.load(work / "r.npy").shape == (7, 1, 28, 28)
+
+
+@pytest.mark.parametrize(
+    ("make", "pattern"),
+    [
+        (lambda d: d.joinpath("x.txt").write_text("hello"), "not an image"),
+        (lambda d: d.joinpath("x.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40), "x.png"),
+        (lambda d: None, "no such file"),
+    ],
+    ids=["text", "corrupt-png", "missing"],
+)
+def test_reconstruct_bad_inputs(graphs, work: Path, make, pattern: str) -> None:
+    make(work)
+    name = next(iter(files_in(work)), "x.png")
+    before = files_in(work)
+    args = ["--encoder", graphs["encoder"], "--decoder", graphs["decoder"], name]
+    assert_one_line_error(run(reconstruct_app, args), pattern)
+    assert files_in(work) == before
+
+
+def test_reconstruct_refuses_a_decompression_bomb(graphs, work: Path, bomb_png: Path) -> None:
+    args = ["--encoder", graphs["encoder"], "--decoder", graphs["decoder"], bomb_png]
+    assert_one_line_error(run(reconstruct_app, args), "refused without decoding")
+    assert files_in(work) == set()
+
+
+def test_reconstruct_latent_size_mismatch(graphs, work: Path, make_digits) -> None:
+    Image.fromarray(make_digits(1, 0)[0][0]).save(work / "a.png")
+    args = ["--encoder", graphs["encoder20"], "--decoder", graphs["decoder"], "a.png"]
+    assert_one_line_error(run(reconstruct_app, args), "latent size 20 but")
+    assert files_in(work) == {"a.png"}
+
+
+def test_reconstruct_needs_inputs(graphs, work: Path) -> None:
+    result = run(reconstruct_app, ["--encoder", graphs["encoder"], "--decoder", graphs["decoder"]])
+    assert result.exit_code == 2

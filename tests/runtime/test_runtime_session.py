@@ -1,0 +1,209 @@
+"""Decoder/Encoder loading checks (role, names, shapes, manifest SHA-256) and what they compute."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from runtime_graphs import build_decoder, build_encoder, write_manifest
+
+from vae_runtime import (
+    Decoder,
+    Encoder,
+    InvalidArgumentError,
+    ModelFileError,
+    NumericalError,
+    reconstruct,
+    sample_latents,
+)
+
+
+def test_decoder_loads_and_reads_latent_size_from_the_graph(graphs: dict[str, Path]) -> None:
+    decoder = Decoder.load(graphs["decoder"])
+    assert decoder.latent_dim == 2
+    assert Decoder.load(graphs["decoder20"]).latent_dim == 20
+    assert decoder.info.role == "decoder"
+
+
+def test_decode_shape_range_and_sample_equals_decoded_prior(graphs: dict[str, Path]) -> None:
+    decoder = Decoder.load(graphs["decoder20"])
+    images = decoder.sample(7, seed=3, temperature=0.5)
+    assert images.shape == (7, 1, 28, 28)
+    assert images.dtype == np.float32
+    assert images.min() >= 0.0
+    assert images.max() <= 1.0
+    np.testing.assert_array_equal(images, decoder.decode(sample_latents(7, 20, 3, 0.5)))
+    assert decoder.sample(0).shape == (0, 1, 28, 28)
+
+
+def test_iter_samples_streams_the_same_images(graphs: dict[str, Path]) -> None:
+    decoder = Decoder.load(graphs["decoder20"])
+    whole = decoder.sample(50, seed=1)
+    batches = list(decoder.iter_samples(50, seed=1, batch_size=16))
+    assert [b.shape[0] for b in batches] == [16, 16, 16, 2]
+    np.testing.assert_allclose(np.concatenate(batches), whole, atol=1e-6)
+
+
+def test_decode_in_batches_matches_one_run(graphs: dict[str, Path]) -> None:
+    decoder = Decoder.load(graphs["decoder20"])
+    z = sample_latents(40, 20, 0)
+    np.testing.assert_allclose(decoder.decode(z, batch_size=7), decoder.decode(z), atol=1e-6)
+
+
+def test_decode_rejects_wrong_latent_shape(graphs: dict[str, Path]) -> None:
+    decoder = Decoder.load(graphs["decoder"])
+    with pytest.raises(InvalidArgumentError, match=r"\(N, 2\)"):
+        decoder.decode(np.zeros((3, 20), np.float32))
+
+
+def test_encoder_accepts_uint8_and_float_images(graphs: dict[str, Path], make_digits) -> None:
+    encoder = Encoder.load(graphs["encoder"])
+    images, _ = make_digits(5, 0)
+    mu, logvar = encoder.encode(images)
+    assert mu.shape == logvar.shape == (5, 2)
+    mu2, _ = encoder.encode(images.astype(np.float32)[:, None] / 255.0)
+    np.testing.assert_allclose(mu, mu2, atol=1e-6)
+    with pytest.raises(InvalidArgumentError, match="28, 28"):
+        encoder.encode(np.zeros((2, 27, 28), np.uint8))
+
+
+def test_reconstruct_decodes_the_means(graphs: dict[str, Path], make_digits) -> None:
+    encoder, decoder = Encoder.load(graphs["encoder"]), Decoder.load(graphs["decoder"])
+    images, _ = make_digits(4, 0)
+    recon = reconstruct(encoder, decoder, images)
+    np.testing.assert_array_equal(recon, decoder.decode(encoder.encode(images)[0]))
+
+
+def test_latent_size_mismatch_is_refused(graphs: dict[str, Path], make_digits) -> None:
+    encoder, decoder = Encoder.load(graphs["encoder20"]), Decoder.load(graphs["decoder"])
+    with pytest.raises(ModelFileError, match=r"latent size 20 .* has 2"):
+        reconstruct(encoder, decoder, make_digits(2, 0)[0])
+
+
+@pytest.mark.parametrize(
+    ("loader", "key", "message"),
+    [
+        (Decoder, "encoder", "is an mnist-vae encoder graph, expected a decoder"),
+        (Encoder, "decoder", "is an mnist-vae decoder graph, expected an encoder"),
+    ],
+)
+def test_wrong_role_says_expected_and_found(
+    graphs: dict[str, Path], loader: type, key: str, message: str
+) -> None:
+    with pytest.raises(ModelFileError, match=message):
+        loader.load(graphs[key])
+
+
+def test_foreign_model_without_metadata(tmp_path: Path) -> None:
+    path = tmp_path / "foreign.onnx"
+    onnx.save(build_decoder(role=None), path)
+    with pytest.raises(ModelFileError, match="not an mnist-vae graph"):
+        Decoder.load(path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not a graph at all", b"\x08\x07\x12\x04junk" * 50],
+    ids=["empty", "text", "junk"],
+)
+def test_corrupt_file(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "decoder.onnx"
+    path.write_bytes(content)
+    with pytest.raises(ModelFileError, match="not a loadable ONNX graph, expected an mnist-vae"):
+        Decoder.load(path)
+
+
+def test_truncated_graph(tmp_path: Path, graphs: dict[str, Path]) -> None:
+    data = graphs["decoder"].read_bytes()
+    path = tmp_path / "decoder.onnx"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="not a loadable ONNX graph"):
+        Decoder.load(path)
+
+
+def test_missing_file_and_folder(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="no such file"):
+        Decoder.load(tmp_path / "nope.onnx")
+    with pytest.raises(ModelFileError, match="is a folder"):
+        Decoder.load(tmp_path)
+
+
+def test_wrong_output_shape(tmp_path: Path) -> None:
+    path = tmp_path / "flat.onnx"
+    onnx.save(build_decoder(output_shape=["batch", 784]), path)
+    with pytest.raises(
+        ModelFileError, match=r"shape \[batch, 784\], expected \[batch, 1, 28, 28\]"
+    ):
+        Decoder.load(path)
+
+
+def test_fixed_batch_axis_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fixed.onnx"
+    onnx.save(build_decoder(output_shape=[25, 1, 28, 28]), path)
+    with pytest.raises(ModelFileError, match="dynamic batch axis"):
+        Decoder.load(path)
+
+
+def test_wrong_input_name(tmp_path: Path) -> None:
+    path = tmp_path / "renamed.onnx"
+    onnx.save(build_decoder(input_name="latent"), path)
+    with pytest.raises(ModelFileError, match=r"input 'latent' .* expected 'z'"):
+        Decoder.load(path)
+
+
+def test_manifest_checksum_mismatch(tmp_path: Path, graphs: dict[str, Path]) -> None:
+    shutil.copy(graphs["decoder"], tmp_path / "decoder.onnx")
+    write_manifest(tmp_path, "decoder.onnx")
+    Decoder.load(tmp_path / "decoder.onnx")  # matches: loads
+    onnx.save(build_decoder(seed=9), tmp_path / "decoder.onnx")  # replaced after the export
+    with pytest.raises(ModelFileError, match=r"SHA-256 .* does not match .* listed in"):
+        Decoder.load(tmp_path / "decoder.onnx")
+
+
+def test_manifest_not_listing_the_file_is_ignored(tmp_path: Path, graphs: dict[str, Path]) -> None:
+    shutil.copy(graphs["decoder"], tmp_path / "mine.onnx")
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": {"other.onnx": {"sha256": "0"}}}))
+    assert Decoder.load(tmp_path / "mine.onnx").latent_dim == 2
+
+
+def test_unreadable_manifest(tmp_path: Path, graphs: dict[str, Path]) -> None:
+    shutil.copy(graphs["decoder"], tmp_path / "decoder.onnx")
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match="unreadable manifest"):
+        Decoder.load(tmp_path / "decoder.onnx")
+
+
+def test_nan_outputs_raise_numerical_error(graphs: dict[str, Path]) -> None:
+    decoder = Decoder.load(graphs["nan_decoder"])
+    with pytest.raises(NumericalError, match="NaN"):
+        decoder.sample(3)
+
+
+def test_unknown_provider_lists_the_available_ones(graphs: dict[str, Path]) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        Decoder.load(graphs["decoder"], providers=["NoSuchExecutionProvider"])
+    message = str(info.value)
+    assert "NoSuchExecutionProvider" in message
+    assert all(p in message for p in ort.get_available_providers())
+
+
+def test_providers_and_threads_are_applied(graphs: dict[str, Path]) -> None:
+    decoder = Decoder.load(graphs["decoder"], providers=["CPUExecutionProvider"], threads=1)
+    assert decoder._session.get_providers() == ["CPUExecutionProvider"]
+    with pytest.raises(InvalidArgumentError, match="threads must be >= 1"):
+        Decoder.load(graphs["decoder"], threads=0)
+
+
+def test_encoder_graph_checks_outputs(tmp_path: Path) -> None:
+    model = build_encoder()
+    model.graph.output[1].name = "sigma"
+    model.graph.node[-1].output[0] = "sigma"
+    path = tmp_path / "encoder.onnx"
+    onnx.save(model, path)
+    with pytest.raises(ModelFileError, match=r"output 'sigma' .* expected 'logvar'"):
+        Encoder.load(path)
