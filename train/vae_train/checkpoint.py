@@ -15,6 +15,8 @@ Layout (format version 1):
 
 from __future__ import annotations
 
+import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,8 +99,12 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
         )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for bad files; all mean the same here
-        raise CheckpointError(f"{path}: cannot be read safely: {_first_line(exc)}") from None
+    except Exception as exc:  # torch raises many types for bad files
+        if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
+            raise CheckpointError(_refused(path, exc)) from None
+        raise CheckpointError(
+            f"{path}: damaged or truncated checkpoint: {_first_line(exc)}"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path}: not an mnist-vae checkpoint (no '{CHECKPOINT_FORMAT}' format tag)"
@@ -127,6 +133,16 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
         optimizer=payload.get("optimizer"),
         rng=dict(payload.get("rng") or {}),
         versions=dict(payload.get("versions") or {}),
+    )
+
+
+def _refused(path: Path, exc: pickle.UnpicklingError) -> str:
+    """The safe loader met a pickled object: say so, and never suggest loading it unsafely."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    what = f" ({found.group(1)})" if found else ""
+    return (
+        f"{path}: holds pickled Python objects{what}, which mnist-vae refuses to load; "
+        "it was not written by vae-train or has been tampered with"
     )
 
 

@@ -1,0 +1,178 @@
+"""Benchmark: vae-train's loop against the common per-image Dataset/DataLoader way, same data.
+
+    python bench/train_speed.py --data-dir /path/to/mnist      (or VAE_DATA_DIR=...)
+
+Both train the same model with the same loss and optimizer (Adam, lr 1e-3) for the same epochs
+on the same images; the table gives seconds per epoch (training pass + test evaluation), their
+ratio, the final test loss of both, and the floor the arithmetic sets: the epoch's FLOPs (the
+six matmuls forward, their gradients backward, and the test set's forward) over the matmul rate
+measured here: on a large GEMM (the peak) and on the GEMM shapes a batch-128 step is made of.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from vae_train.data import load_mnist
+from vae_train.model import VAE, VAEConfig, loss_terms
+from vae_train.train import TrainSettings, train
+
+
+class PilMnist(Dataset):
+    """The common way, as torchvision's MNIST + ToTensor do it: one image at a time, uint8 tensor
+    -> PIL image -> numpy copy -> float tensor (1, 28, 28) in [0, 1], with its label."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.data = torch.from_numpy(images.copy())  # (N, 28, 28) uint8
+        self.targets = torch.zeros(len(images), dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img, target = self.data[i], int(self.targets[i])
+        pic = Image.fromarray(img.numpy(), mode="L")
+        t = torch.from_numpy(np.array(pic, np.uint8, copy=True))
+        t = t.view(pic.size[1], pic.size[0], 1).permute((2, 0, 1)).contiguous()
+        return t.to(dtype=torch.get_default_dtype()).div(255), target
+
+
+def reference(
+    train_images: np.ndarray, test_images: np.ndarray, epochs: int, seed: int
+) -> tuple[list[float], float]:
+    """The classic PyTorch VAE example's loop; returns seconds per epoch and final test loss."""
+    torch.manual_seed(seed)
+    config = VAEConfig()
+    model = VAE(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train_loader = DataLoader(PilMnist(train_images), batch_size=128, shuffle=True)
+    test_loader = DataLoader(PilMnist(test_images), batch_size=128, shuffle=False)
+    seconds, test_loss = [], float("nan")
+    for _ in range(epochs):
+        start = time.perf_counter()
+        model.train()
+        for x, _ in train_loader:
+            x = x.view(-1, 784)
+            eps = torch.randn(x.shape[0], config.latent_dim)
+            logits, mu, logvar = model(x, eps)
+            bce, kl = loss_terms(logits, x, mu, logvar)
+            optimizer.zero_grad()
+            (bce + kl).backward()
+            optimizer.step()
+        model.eval()
+        total = 0.0
+        with torch.no_grad():
+            for x, _ in test_loader:
+                x = x.view(-1, 784)
+                eps = torch.randn(x.shape[0], config.latent_dim)
+                bce, kl = loss_terms(*_with_x(model(x, eps), x))
+                total += (bce + kl).item()
+        test_loss = total / len(test_images)
+        seconds.append(time.perf_counter() - start)
+    return seconds, test_loss
+
+
+def _with_x(out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], x: torch.Tensor) -> tuple:
+    logits, mu, logvar = out
+    return logits, x, mu, logvar
+
+
+def _best_rate(a: torch.Tensor, b: torch.Tensor, seconds: float) -> float:
+    """Best FLOP/s of `a @ b` over repeated timings lasting about `seconds`."""
+    flops = 2 * a.shape[0] * a.shape[1] * b.shape[1]
+    reps = max(1, int(2e8 // flops))  # ~0.2 GFLOP per timing
+    for _ in range(3):
+        a @ b
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = max(best, reps * flops / (time.perf_counter() - start))
+    return best
+
+
+def matmul_rate(seconds: float = 1.0) -> float:
+    """FLOP/s of a large float32 GEMM (1024 x 1024 x 1024) on this machine: the peak."""
+    return _best_rate(torch.randn(1024, 1024), torch.randn(1024, 1024), seconds)
+
+
+def batch_matmul_rate(batch: int = 128, hidden: int = 400, seconds: float = 1.0) -> float:
+    """FLOP/s of the GEMM shapes one training step is made of (a batch of 128 through the
+    784x400 layers; weight gradients contract over the batch): what the arithmetic can reach."""
+    shapes = [((batch, 784), (784, hidden)), ((784, batch), (batch, hidden))]
+    rates = [_best_rate(torch.randn(*x), torch.randn(*y), seconds / 2) for x, y in shapes]
+    return len(rates) / sum(1 / r for r in rates)  # harmonic mean: equal FLOPs of each
+
+
+def epoch_flops(n_train: int, n_test: int, hidden: int = 400, latent: int = 20) -> float:
+    """Matmul FLOPs of one epoch: forward (M multiply-adds per image), backward (weight grads M,
+    input grads M minus fc1's, whose input needs none), and the test set's forward."""
+    m = 784 * hidden + 2 * hidden * latent + latent * hidden + hidden * 784
+    return 2.0 * (n_train * (3 * m - 784 * hidden) + n_test * m)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=os.environ.get("VAE_DATA_DIR"))
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    if not args.data_dir:
+        sys.exit("train_speed.py: error: pass --data-dir or set VAE_DATA_DIR")
+    data = load_mnist(args.data_dir)
+    n_train, n_test = len(data.train), len(data.test)
+    print(
+        f"data: {n_train} train / {n_test} test images from {data.source}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
+    )
+
+    with tempfile.TemporaryDirectory() as out:
+        ckpt = train(
+            TrainSettings(epochs=args.epochs, seed=args.seed, device="cpu"),
+            out_dir=out,
+            data=data,
+            quiet=True,
+        )
+    ours = [m["seconds"] for m in ckpt.metrics]
+    ours_loss = ckpt.metrics[-1]["test_loss"]
+    ref, ref_loss = reference(data.train, data.test, args.epochs, args.seed)
+    rate, batch_rate = matmul_rate(), batch_matmul_rate()
+    flops = epoch_flops(n_train, n_test)
+    floor, batch_floor = flops / rate, flops / batch_rate
+
+    # the first epoch warms caches and allocators; the median of the rest is the steady state
+    ours_s = float(np.median(ours[1:] if len(ours) > 1 else ours))
+    ref_s = float(np.median(ref[1:] if len(ref) > 1 else ref))
+    print(
+        f"one epoch: {flops / 1e9:.1f} GFLOP of matmuls; matmul rate {rate / 1e9:.0f} GFLOP/s "
+        f"(1024^3 GEMM), {batch_rate / 1e9:.0f} GFLOP/s (the step's batch-128 GEMM shapes)"
+    )
+    print(f"vae-train epochs (s): {' '.join(f'{x:.3f}' for x in ours)}")
+    print(f"reference epochs (s): {' '.join(f'{x:.3f}' for x in ref)}")
+    print()
+    print("| | s / epoch | test loss (nats) |")
+    print("| --- | ---: | ---: |")
+    print(f"| reference (PIL Dataset + DataLoader) | {ref_s:.3f} | {ref_loss:.2f} |")
+    print(f"| vae-train | {ours_s:.3f} | {ours_loss:.2f} |")
+    print(f"| floor at the 1024^3 GEMM rate | {floor:.3f} | |")
+    print(f"| floor at the batch-128 GEMM rate | {batch_floor:.3f} | |")
+    print()
+    print(
+        f"speed-up {ref_s / ours_s:.2f}x (target >= 3); {ours_s / floor:.2f}x the 1024^3 floor, "
+        f"{ours_s / batch_floor:.2f}x the batch-128 floor (target <= 1.5); test loss "
+        f"{ours_loss - ref_loss:+.2f} nats vs reference (target within 1)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,437 @@
+"""The training loop: outputs, determinism, resume, evaluation, faults, checkpoints."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vae_runtime.errors import InvalidArgumentError, NumericalError, OutputError
+from vae_runtime.images import tile, to_uint8
+from vae_runtime.sampling import sample_latents
+from vae_train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from vae_train.data import MnistImages
+from vae_train.model import VAE, VAEConfig, loss_and_grads, loss_terms
+from vae_train.train import TrainingInterrupted, TrainSettings, select_device, train
+
+Settings = Callable[..., TrainSettings]
+# the module, not the function `vae_train.train` that the package exports under the same name
+train_module = importlib.import_module("vae_train.train")
+
+
+def _equal_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _run(
+    out: Path, data: MnistImages, config: VAEConfig, settings: TrainSettings, **kw: Any
+) -> Checkpoint:
+    out.mkdir(parents=True, exist_ok=True)
+    return train(settings, config, out_dir=out, data=data, quiet=True, **kw)
+
+
+def test_outputs(
+    tmp_path: Path, tiny_data: MnistImages, tiny_config: VAEConfig, tiny_settings: Settings
+) -> None:
+    ckpt = _run(tmp_path, tiny_data, tiny_config, tiny_settings())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "metrics.jsonl",
+        "model.pt",
+        "reconstructions.png",
+        "samples.png",
+    ]  # and no temporary files left behind
+    stored = load_checkpoint(tmp_path / "model.pt")
+    assert stored.epoch == ckpt.epoch == 2
+    assert stored.config == tiny_config
+    assert _equal_states(stored.state_dict, ckpt.state_dict)
+    assert stored.run == {
+        "epochs": 2,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "seed": 5,
+        "device": "cpu",
+        "data": "synthetic",
+    }
+    assert set(stored.rng) == {"shuffle", "noise"}
+    assert stored.optimizer is not None
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert records == stored.metrics
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert r["test_loss"] == pytest.approx(r["test_bce"] + r["test_kl"])
+        assert r["train_loss"] == pytest.approx(r["train_bce"] + r["train_kl"])
+        assert r["seconds"] > 0
+    with Image.open(tmp_path / "samples.png") as im:
+        assert (im.mode, im.size) == ("L", (152, 152))  # 5 x (28 + 2) + 2
+    with Image.open(tmp_path / "reconstructions.png") as im:
+        assert (im.mode, im.size) == ("L", (242, 62))  # 8 columns, originals above
+
+
+def test_samples_png_uses_the_runtime_latents(
+    tmp_path: Path, tiny_data: MnistImages, tiny_config: VAEConfig, tiny_settings: Settings
+) -> None:
+    _run(tmp_path, tiny_data, tiny_config, tiny_settings(epochs=1))
+    model = load_checkpoint(tmp_path / "model.pt").build_model()
+    z = torch.from_numpy(sample_latents(25, tiny_config.latent_dim, seed=5))
+    with torch.no_grad():
+        expected = tile(model.decode(z).numpy().reshape(25, 28, 28), 5, 5)
+    with Image.open(tmp_path / "samples.png") as im:
+        np.testing.assert_array_equal(np.asarray(im), expected)
+
+
+def test_reconstructions_show_originals_above(
+    tmp_path: Path, tiny_data: MnistImages, tiny_config: VAEConfig, tiny_settings: Settings
+) -> None:
+    _run(tmp_path, tiny_data, tiny_config, tiny_settings(epochs=1))
+    with Image.open(tmp_path / "reconstructions.png") as im:
+        grid = np.asarray(im)
+    np.testing.assert_array_equal(grid[2:30], tile(tiny_data.test[:8], 1, 8)[2:30])
+
+
+def test_same_seed_is_bit_identical_and_seed_matters(
+    tmp_path: Path, tiny_data: MnistImages, tiny_config: VAEConfig, tiny_settings: Settings
+) -> None:
+    a = _run(tmp_path / "a", tiny_data, tiny_config, tiny_settings())
+    b = _run(tmp_path / "b", tiny_data, tiny_config, tiny_settings())
+    c = _run(tmp_path / "c", tiny_data, tiny_config, tiny_settings(seed=6))
+    assert _equal_states(a.state_dict, b.state_dict)
+    assert [m["test_loss"] for m in a.metrics] == [m["test_loss"] for m in b.metrics]
+    assert not torch.equal(a.state_dict["fc1.weight"], c.state_dict["fc1.weight"])
+
+
+def test_training_lowers_the_loss(
+    tmp_path: Path, tiny_data: MnistImages, tiny_config: VAEConfig, tiny_settings: Settings
+) -> None:
+    ckpt = _run(tmp_path, tiny_data, tiny_config, tiny_settings(epochs=4, lr=3e-3))
+    first, last = ckpt.metrics[0], ckpt.metrics[-1]
+    assert last["train_loss"] < first["train_loss"] - 10
+    assert last["test_loss"] < first["test_loss"] - 10
+
+
+def test_resume_is_bit_identical_to_training_straight(
+    tmp_path: Path, tiny_data: MnistImages, tiny_config: VAEConfig, tiny_settings: Settings
+) -> None:
+    straight = _run(tmp_path / "straight", tiny_data, tiny_config, tiny_settings(epochs=5))
+    _run(tmp_path / "split", tiny_data, tiny_config, tiny_settings(epochs=2))
+    resumed = _run(
+        tmp_path / "split",
+        tiny_data,
+        tiny_config,
+        tiny_settings(epochs=5),
+        resume=tmp_path / "split" / "model.pt",
+    )
+    assert resumed.epoch == 5
+    assert _equal_states(straight.state_dict, resumed.state_dict)
+    for key in ("exp_avg", "exp_avg_sq", "step"):
+        for i in straight.optimizer["state"]:  # type: ignore[index]
+            s, r = straight.optimizer["state"][i][key], resumed.optimizer["state"][i][key]  # type: ignore[index]
+            assert torch.equal(s, r)
+    drop = lambda ms: [{k: v for k, v in m.items() if k != "seconds"} for m in ms]  # noqa: E731
+    assert drop(straight.metrics) == drop(resumed.metrics)
+    assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 5
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"batch_size": 32}, "--batch-size 64"),
+        ({"lr": 0.01}, "--lr 0.001"),
+        ({"seed": 9}, "--seed 5"),
+        ({"epochs": 2}, "already trained 2 epochs"),
+    ],
+)
+def test_resume_refuses_other_settings(
+    tmp_path: Path,
+    tiny_data: MnistImages,
+    tiny_config: VAEConfig,
+    tiny_settings: Settings,
+    change: dict[str, Any],
+    match: str,
+) -> None:
+    _run(tmp_path, tiny_data, tiny_config, tiny_settings())
+    settings = tiny_settings(**{"epochs": 4, **change})
+    with pytest.raises(InvalidArgumentError, match=match):
+        _run(tmp_path, tiny_data, tiny_config, settings, resume=tmp_path / "model.pt")
+
+
+def test_resume_refuses_another_model_shape(
+    tmp_path: Path, tiny_data: MnistImages, tiny_config: VAEConfig, tiny_settings: Settings
+) -> None:
+    _run(tmp_path, tiny_data, tiny_config, tiny_settings())
+    with pytest.raises(InvalidArgumentError, match="--hidden-dim/--latent-dim"):
+        _run(
+            tmp_path,
+            tiny_data,
+            VAEConfig(hidden_dim=32, latent_dim=5),
+            tiny_settings(epochs=3),
+            resume=tmp_path / "model.pt",
+        )
+
+
+def test_evaluation_samples_z(
+    tmp_path: Path,
+    tiny_data: MnistImages,
+    tiny_config: VAEConfig,
+    tiny_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[torch.Tensor] = []
+    forward = VAE.forward
+
+    def spy(self: VAE, x: torch.Tensor, eps: torch.Tensor) -> Any:
+        if not self.training:
+            seen.append(eps.clone())
+        return forward(self, x, eps)
+
+    monkeypatch.setattr(VAE, "forward", spy)
+    ckpt = _run(tmp_path, tiny_data, tiny_config, tiny_settings(epochs=1))
+    eps = torch.cat(seen)  # the test set's noise, (100, latent_dim)
+    assert eps.shape == (100, tiny_config.latent_dim)
+    assert 0.8 < float(eps.std()) < 1.2  # z is sampled from the posterior, not its mean
+    # ... and the recorded test loss is that sampled ELBO
+    model = ckpt.build_model()
+    x = torch.from_numpy(tiny_data.test.reshape(-1, 784)).float() / 255
+    with torch.no_grad():
+        logits, mu, logvar = forward(model, x, eps)
+        bce, kl = loss_terms(logits, x, mu, logvar)
+    assert ckpt.metrics[-1]["test_bce"] == pytest.approx(float(bce) / 100, rel=1e-5)
+    assert ckpt.metrics[-1]["test_kl"] == pytest.approx(float(kl) / 100, rel=1e-5)
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path,
+    tiny_data: MnistImages,
+    tiny_config: VAEConfig,
+    tiny_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = {"n": 0}
+    batches_per_epoch = 5  # 300 images in batches of 64
+
+    def poisoned(*args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        bce, kl = loss_and_grads(*args)
+        calls["n"] += 1
+        if calls["n"] > batches_per_epoch + 2:  # from the third batch of epoch 2 on
+            return bce * float("nan"), kl
+        return bce, kl
+
+    monkeypatch.setattr(train_module, "loss_and_grads", poisoned)
+    with pytest.raises(NumericalError, match=r"nan in training in epoch 2.*keeps epoch 1") as info:
+        _run(tmp_path, tiny_data, tiny_config, tiny_settings(epochs=3))
+    assert "\n" not in str(info.value)
+    kept = load_checkpoint(tmp_path / "model.pt")
+    assert kept.epoch == 1
+    assert all(torch.isfinite(t).all() for t in kept.state_dict.values())
+    assert not (tmp_path / "samples.png").exists()
+
+
+def _interrupt_at(monkeypatch: pytest.MonkeyPatch, epoch: int, how: Callable[[], None]) -> None:
+    """Make evaluation of `epoch` call `how` (raise KeyboardInterrupt, send SIGTERM)."""
+    original = train_module._Run._evaluate
+
+    def evaluate(self: Any, e: int) -> tuple[float, float]:
+        if e == epoch:
+            how()
+        return original(self, e)
+
+    monkeypatch.setattr(train_module._Run, "_evaluate", evaluate)
+
+
+def _ctrl_c() -> None:
+    raise KeyboardInterrupt
+
+
+def test_interrupt_saves_the_last_finished_epoch_and_resumes_exactly(
+    tmp_path: Path,
+    tiny_data: MnistImages,
+    tiny_config: VAEConfig,
+    tiny_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    straight = _run(tmp_path / "straight", tiny_data, tiny_config, tiny_settings(epochs=4))
+    _interrupt_at(monkeypatch, 3, _ctrl_c)
+    out = tmp_path / "cut"
+    with pytest.raises(TrainingInterrupted, match=r"epoch 3.*holds 2 finished.*--resume"):
+        _run(out, tiny_data, tiny_config, tiny_settings(epochs=4))
+    assert load_checkpoint(out / "model.pt").epoch == 2
+    monkeypatch.undo()
+    resumed = _run(out, tiny_data, tiny_config, tiny_settings(epochs=4), resume=out / "model.pt")
+    assert _equal_states(straight.state_dict, resumed.state_dict)
+
+
+def test_sigterm_is_an_interrupt(
+    tmp_path: Path,
+    tiny_data: MnistImages,
+    tiny_config: VAEConfig,
+    tiny_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    _interrupt_at(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(TrainingInterrupted, match="holds 1 finished"):
+        _run(tmp_path, tiny_data, tiny_config, tiny_settings(epochs=3))
+    assert load_checkpoint(tmp_path / "model.pt").epoch == 1
+    assert signal.getsignal(signal.SIGTERM) is before  # handler restored
+
+
+def test_interrupt_in_the_first_epoch_leaves_a_resumable_start(
+    tmp_path: Path,
+    tiny_data: MnistImages,
+    tiny_config: VAEConfig,
+    tiny_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    straight = _run(tmp_path / "straight", tiny_data, tiny_config, tiny_settings())
+    _interrupt_at(monkeypatch, 1, _ctrl_c)
+    out = tmp_path / "cut"
+    with pytest.raises(TrainingInterrupted, match="holds 0 finished"):
+        _run(out, tiny_data, tiny_config, tiny_settings())
+    monkeypatch.undo()
+    resumed = _run(out, tiny_data, tiny_config, tiny_settings(), resume=out / "model.pt")
+    assert _equal_states(straight.state_dict, resumed.state_dict)
+
+
+def test_output_folder_is_checked_before_training(
+    tmp_path: Path, tiny_data: MnistImages, tiny_config: VAEConfig, tiny_settings: Settings
+) -> None:
+    with pytest.raises(OutputError, match="does not exist"):
+        train(tiny_settings(), tiny_config, out_dir=tmp_path / "nope", data=tiny_data)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"epochs": 0}, "epochs must be an integer >= 1"),
+        ({"batch_size": -4}, "batch_size must be an integer >= 1"),
+        ({"lr": float("nan")}, "lr must be a finite number > 0"),
+        ({"lr": 0.0}, "lr must be a finite number > 0"),
+        ({"device": "gpu"}, "device must be one of auto, cpu, cuda, cuda:N, mps"),
+    ],
+)
+def test_settings_refuse_nonsense(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=match):
+        TrainSettings(**kwargs)
+
+
+def test_device_selection() -> None:
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("auto").type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidArgumentError, match="not available"):
+            select_device("cuda")
+    with pytest.raises(InvalidArgumentError, match="cuda:99"):
+        select_device("cuda:99")
+
+
+# ---------------------------------------------------------------- checkpoints that must be refused
+
+
+class _Payload:
+    """A class a tampered checkpoint might smuggle in; the safe loader must refuse it."""
+
+
+@pytest.fixture(scope="module")
+def good_model_pt(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_data: MnistImages,
+    tiny_config: VAEConfig,
+    tiny_settings: Settings,
+) -> Path:
+    out = tmp_path_factory.mktemp("good")
+    _run(out, tiny_data, tiny_config, tiny_settings(epochs=1))
+    return out / "model.pt"
+
+
+def _make_bad(kind: str, good: Path, path: Path) -> Path:
+    if kind == "missing":
+        return path
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "text":
+        path.write_text("hello\n")
+    elif kind == "foreign":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif kind == "pickled-object":
+        ckpt = torch.load(good, weights_only=True)
+        ckpt["run"] = {"evil": _Payload()}
+        torch.save(ckpt, path)
+    elif kind == "bad-state":
+        ckpt = torch.load(good, weights_only=True)
+        ckpt["state_dict"] = {"fc1.weight": torch.zeros(2, 2)}
+        torch.save(ckpt, path)
+    elif kind == "newer":
+        ckpt = torch.load(good, weights_only=True)
+        ckpt["format_version"] = 99
+        torch.save(ckpt, path)
+    return path
+
+
+BAD_FILES = {
+    "missing": "no such file",
+    "folder": "is a folder",
+    "empty": "file is empty",
+    "truncated": "truncated",
+    "text": "not a PyTorch checkpoint",
+    "foreign": "not an mnist-vae checkpoint",
+    "pickled-object": r"pickled Python objects \(.*_Payload\).*refuses",
+    "bad-state": "do not fit the stored config",
+    "newer": "version 99 is newer",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_bad_checkpoints_are_refused_in_one_line(
+    tmp_path: Path,
+    good_model_pt: Path,
+    tiny_data: MnistImages,
+    tiny_config: VAEConfig,
+    tiny_settings: Settings,
+    kind: str,
+) -> None:
+    path = _make_bad(kind, good_model_pt, tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match=BAD_FILES[kind]) as info:
+        _run(tmp_path / "out", tiny_data, tiny_config, tiny_settings(epochs=3), resume=path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(path) in message
+    assert "weights_only=False" not in message
+
+
+def test_truncated_zip_is_not_mistaken_for_good(good_model_pt: Path, tmp_path: Path) -> None:
+    # a checkpoint cut after its central directory was copied still opens as a zip: the load
+    # itself must fail cleanly
+    data = bytearray(good_model_pt.read_bytes())
+    with zipfile.ZipFile(good_model_pt) as z:
+        first = z.infolist()[0]
+    data[first.header_offset + 40 : first.header_offset + 80] = b"\xff" * 40
+    path = tmp_path / "model.pt"
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path).build_model(path)
+
+
+def test_checkpoint_round_trip(good_model_pt: Path, tmp_path: Path) -> None:
+    ckpt = load_checkpoint(good_model_pt)
+    save_checkpoint(ckpt, tmp_path / "copy.pt")
+    again = load_checkpoint(tmp_path / "copy.pt")
+    assert _equal_states(ckpt.state_dict, again.state_dict)
+    assert again.metrics == ckpt.metrics
+    model = again.build_model()
+    assert not model.training
+    image = model.decode(torch.zeros(1, 4)).detach().numpy().reshape(1, 28, 28)
+    assert to_uint8(image).shape == (1, 28, 28)
