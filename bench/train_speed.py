@@ -17,14 +17,18 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from vae_train.cli import bind_threads_to_cores
 
-from vae_train.data import load_mnist
-from vae_train.model import VAE, VAEConfig, loss_terms
-from vae_train.train import TrainSettings, train
+bind_threads_to_cores()  # before torch loads; the reference runs under the same binding
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+
+from vae_train.data import load_mnist  # noqa: E402
+from vae_train.model import VAE, VAEConfig, loss_terms  # noqa: E402
+from vae_train.training import TrainSettings, train  # noqa: E402
 
 
 class PilMnist(Dataset):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
 
 from vae_runtime._cli import VaeCommand, make_app
-from vae_train.cli import INSTALL_HINT  # torch-free modules, like this one
+from vae_train.cli import require_training_extra  # torch-free modules, like this one
 from vae_train.data import DATA_DIR_ENV
 
 from . import DEFAULT_OPSET, MIN_OPSET
@@ -56,16 +55,6 @@ def export(
 
 
 def main() -> None:
-    """Console entry point: a one-line hint instead of a traceback when torch is missing."""
-    try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError as exc:
-        print(
-            f"vae-export: error: {exc.name or 'PyTorch'} is not installed; install the training "
-            f"extra: {INSTALL_HINT}",
-            file=sys.stderr,
-        )
-        sys.exit(1)
+    """Console entry point: one line instead of a traceback when the training extra is missing."""
+    require_training_extra("vae-export", ("torch", "onnx", "onnxscript"))
     app(prog_name="vae-export")

@@ -9,7 +9,7 @@ import pytest
 
 from vae_train.data import MnistImages
 from vae_train.model import VAEConfig
-from vae_train.train import TrainSettings
+from vae_train.training import TrainSettings
 
 
 @pytest.fixture(scope="session")

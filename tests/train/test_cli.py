@@ -18,7 +18,7 @@ from vae_train.cli import INSTALL_HINT, app
 from vae_train.data import DATA_DIR_ENV, DEFAULT_MIRRORS
 
 TINY = ["--hidden-dim", "16", "--latent-dim", "2", "--batch-size", "128", "--device", "cpu"]
-train_module = importlib.import_module("vae_train.train")
+train_module = importlib.import_module("vae_train.training")
 
 
 def invoke(*args: Any) -> Result:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from vae_train.data import load_mnist
 from vae_train.model import VAEConfig
-from vae_train.train import TrainSettings, train
+from vae_train.training import TrainSettings, train
 
 pytestmark = pytest.mark.realdata
 

@@ -22,11 +22,10 @@ from vae_runtime.sampling import sample_latents
 from vae_train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from vae_train.data import MnistImages
 from vae_train.model import VAE, VAEConfig, loss_and_grads, loss_terms
-from vae_train.train import TrainingInterrupted, TrainSettings, select_device, train
+from vae_train.training import TrainingInterrupted, TrainSettings, select_device, train
 
 Settings = Callable[..., TrainSettings]
-# the module, not the function `vae_train.train` that the package exports under the same name
-train_module = importlib.import_module("vae_train.train")
+train_module = importlib.import_module("vae_train.training")
 
 
 def _equal_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

@@ -1,31 +1,36 @@
 """mnist-vae's training side: the seed VAE in PyTorch, MNIST data, training loop, checkpoints.
 
-Without PyTorch this package still imports (empty), so `vae-train` can say how to install it.
+The names below load lazily (PEP 562), so importing the package, e.g. for `vae-train --help` or
+to learn that PyTorch is missing, does not import torch: `vae_train.cli` checks for torch and
+pins its threads before anything loads it.
 """
 
 from __future__ import annotations
 
-try:
-    import torch  # noqa: F401  (only to learn whether the training extra is installed)
-except ImportError:  # vae_train.cli:main prints the install line
-    __all__: list[str] = []
-else:
-    from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-    from .data import MnistImages, load_mnist
-    from .model import VAE, VAEConfig, loss_terms
-    from .train import TrainingInterrupted, TrainSettings, train
+import importlib
+from typing import Any
 
-    __all__ = [
-        "VAE",
-        "Checkpoint",
-        "CheckpointError",
-        "MnistImages",
-        "TrainSettings",
-        "TrainingInterrupted",
-        "VAEConfig",
-        "load_checkpoint",
-        "load_mnist",
-        "loss_terms",
-        "save_checkpoint",
-        "train",
-    ]
+_EXPORTS = {
+    "Checkpoint": "checkpoint",
+    "CheckpointError": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "MnistImages": "data",
+    "load_mnist": "data",
+    "VAE": "model",
+    "VAEConfig": "model",
+    "loss_terms": "model",
+    "TrainSettings": "training",
+    "TrainingInterrupted": "training",
+    "train": "training",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -56,7 +58,7 @@ def train_command(
 ) -> None:
     """Train the seed VAE (784-400-20) on MNIST."""
     from .model import VAEConfig
-    from .train import TrainingInterrupted, TrainSettings, train
+    from .training import TrainingInterrupted, TrainSettings, train
 
     try:
         train(
@@ -72,17 +74,38 @@ def train_command(
         raise typer.Exit(130) from None
 
 
+def bind_threads_to_cores() -> None:
+    """Pin torch's OpenMP threads, one per core, unless the user chose otherwise. Must run before
+    torch is imported: libgomp reads these variables once, when it loads.
+
+    Unpinned, the kernel now and then moves both threads onto one core for the rest of a run:
+    measured on 2 cores, epochs then take 0.79 s instead of 0.49 s, in about half the processes.
+    """
+    os.environ.setdefault("OMP_PROC_BIND", "close")
+    os.environ.setdefault("OMP_PLACES", "cores")
+
+
+def require_training_extra(prog: str, modules: tuple[str, ...] = ("torch",)) -> None:
+    """Exit with one line saying how to install the training extra if any of `modules` is
+    missing. Looks the modules up without importing them, so `--help` stays fast."""
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            print(
+                f"{prog}: error: {name} is not installed; install the training extra: "
+                f"{INSTALL_HINT}",
+                file=sys.stderr,
+            )
+            sys.exit(1)
+    bind_threads_to_cores()
+
+
 def main() -> None:
-    """Console entry point: refuses with one line when PyTorch is missing, else runs the app."""
-    try:
-        import torch  # noqa: F401  (only to learn whether the training extra is installed)
-    except ImportError:
-        print(
-            f"vae-train: error: PyTorch is not installed; install the training extra: "
-            f"{INSTALL_HINT}",
-            file=sys.stderr,
-        )
-        sys.exit(1)
+    """Console entry point: one line instead of a traceback when PyTorch is missing."""
+    require_training_extra("vae-train")
     app(prog_name="vae-train")
 
 
