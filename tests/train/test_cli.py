@@ -86,10 +86,18 @@ def test_nonsense_options_are_usage_errors(args: list[str], needle: str) -> None
     assert needle in _one_error_line(result)
 
 
-def test_missing_output_folder(tmp_path: Path, mnist_dir: Path) -> None:
-    result = invoke(*TINY, "--data-dir", mnist_dir, "--out", tmp_path / "nope")
+def test_missing_output_folder_is_created(tmp_path: Path, mnist_dir: Path) -> None:
+    out = tmp_path / "runs" / "a"
+    result = invoke(*TINY, "--data-dir", mnist_dir, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "model.pt").is_file()
+
+
+def test_output_folder_that_cannot_be_made(tmp_path: Path, mnist_dir: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    result = invoke(*TINY, "--data-dir", mnist_dir, "--out", tmp_path / "a-file" / "run")
     assert result.exit_code == 1
-    assert "does not exist" in _one_error_line(result)
+    assert "cannot create output folder" in _one_error_line(result)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vae_runtime.errors import InvalidArgumentError, NumericalError, OutputError
+from vae_runtime.errors import InvalidArgumentError, NumericalError, OutputError, VaeError
 from vae_runtime.images import tile, to_uint8
 from vae_runtime.sampling import sample_latents
 from vae_train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
@@ -304,8 +304,20 @@ def test_interrupt_in_the_first_epoch_leaves_a_resumable_start(
 def test_output_folder_is_checked_before_training(
     tmp_path: Path, tiny_data: MnistImages, tiny_config: VAEConfig, tiny_settings: Settings
 ) -> None:
-    with pytest.raises(OutputError, match="does not exist"):
-        train(tiny_settings(), tiny_config, out_dir=tmp_path / "nope", data=tiny_data)
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(OutputError, match="cannot create output folder"):
+        train(tiny_settings(), tiny_config, out_dir=tmp_path / "a-file" / "x", data=tiny_data)
+
+
+def test_refused_run_leaves_no_folder(tmp_path: Path, tiny_config: VAEConfig) -> None:
+    with pytest.raises(VaeError):  # no data: refused before training
+        train(
+            TrainSettings(epochs=1),
+            tiny_config,
+            out_dir=tmp_path / "run",
+            data_dir=tmp_path / "no-data",
+        )
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(

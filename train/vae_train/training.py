@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
+import os
 import re
 import signal
 import threading
@@ -27,7 +28,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from vae_runtime.errors import InvalidArgumentError, NumericalError
+from vae_runtime.errors import InvalidArgumentError, NumericalError, OutputError
 from vae_runtime.fileio import atomic_output, check_output_dir
 from vae_runtime.images import save_png, tile
 from vae_runtime.sampling import sample_latents
@@ -117,7 +118,7 @@ def train(
     TrainingInterrupted on Ctrl-C / SIGTERM after saving the last finished epoch.
     """
     out = Path(out_dir)
-    check_output_dir(out)  # fail before any work, not after ten epochs
+    _check_out_dir(out)  # fail before any work, not after ten epochs
     device = select_device(settings.device)
     previous = load_checkpoint(resume) if resume is not None else None
     if previous is not None:
@@ -126,9 +127,26 @@ def train(
     console = Console(quiet=quiet, highlight=False)
     if data is None:
         data = load_mnist(data_dir, mirrors=mirrors, log=console.print)
+    try:  # created only now, so that a run refused above leaves no empty folder behind
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {out}: {exc.strerror}") from None
     run = _Run(settings, config, device, out, data, previous)
     with _signals_raise_interrupt(), _flush_denormals(), _progress(console, quiet) as progress:
         return run.fit(console, progress)
+
+
+def _check_out_dir(out: Path) -> None:
+    """`out` must be a writable folder, or be creatable: the nearest existing folder above it
+    must be a writable folder (the missing part is made when training starts)."""
+    if out.exists():
+        check_output_dir(out)
+        return
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot create output folder {out}: {parent} is not a writable folder")
 
 
 def _check_resumable(
