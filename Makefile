@@ -30,8 +30,8 @@ demo: install
 	mkdir -p $(OUT)
 	$(BIN)/vae-train --out $(OUT)
 	$(BIN)/vae-export $(OUT)/model.pt --force
-	$(BIN)/vae-generate --onnx $(OUT)/decoder.onnx --out $(OUT)/samples.png
-	@echo "wrote $(OUT)/model.pt, $(OUT)/encoder.onnx, $(OUT)/decoder.onnx, $(OUT)/samples.png"
+	$(BIN)/vae-generate --onnx $(OUT)/decoder.onnx --out $(OUT)/generated.png
+	@echo "wrote $(OUT)/model.pt, $(OUT)/encoder.onnx, $(OUT)/decoder.onnx, $(OUT)/generated.png"
 
 bench: install
 	$(BIN)/python bench/train_speed.py
