@@ -316,7 +316,7 @@ class _Run:
             optimizer.step()
             bce_sum += bce
             kl_sum += kl
-            if (b + 1) % _REFRESH_EVERY == 0:
+            if b == 0 or (b + 1) % _REFRESH_EVERY == 0:  # the first too: no "nan" on the bar
                 update(b + 1, float(bce_sum + kl_sum) / min(n, (b + 1) * bs))
         total = float(bce_sum + kl_sum) / n
         update(math.ceil(n / bs), total)
