@@ -5,6 +5,7 @@ call one library function and raise nothing themselves. `VaeCommand.main` turns
   - a usage error (bad option value, unknown option) into `prog: error: ...`, exit 2;
   - any VaeError from the library into `prog: error: ...`, exit 1;
   - Ctrl-C into `prog: interrupted`, exit 130;
+  - an OSError nothing checked for (a full disk) into `prog: error: <file>: <reason>`, exit 1;
 so that no user mistake ever prints a traceback.
 """
 
@@ -69,6 +70,9 @@ class VaeCommand(TyperCommand):
             fail(prog, str(exc), 1)
         except MemoryError:
             fail(prog, "out of memory; use a smaller batch or grid", 1)
+        except OSError as exc:  # what no check can foresee: a full disk, a vanished folder
+            where = f"{exc.filename}: " if exc.filename else ""
+            fail(prog, f"{where}{exc.strerror or exc}", 1)
         if standalone_mode:
             sys.exit(rv if isinstance(rv, int) else 0)
         return rv

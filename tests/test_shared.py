@@ -1,14 +1,18 @@
-"""The shared contract (graph metadata) and crash-safe output, which all three packages rely on."""
+"""The shared pieces all three packages rely on: graph metadata, crash-safe output, CLI errors."""
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from vae_runtime import contract
-from vae_runtime.errors import ModelFileError, OutputError
+from vae_runtime._cli import VaeCommand, make_app
+from vae_runtime.errors import DataError, ModelFileError, OutputError
 from vae_runtime.fileio import atomic_output, check_output_file, sha256_file
 
 
@@ -100,3 +104,39 @@ def test_sha256_file(tmp_path: Path) -> None:
     f = tmp_path / "f"
     f.write_bytes(b"abc")
     assert sha256_file(f) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def _app_raising(exc: BaseException) -> typer.Typer:
+    app = make_app("Raises.")
+
+    @app.command(cls=VaeCommand)
+    def run(count: int = typer.Option(1, min=1)) -> None:
+        raise exc
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("exc", "args", "code", "line"),
+    [
+        (DataError("x.idx: truncated"), [], 1, "prog: error: x.idx: truncated"),
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/full/model.pt"),
+            [],
+            1,
+            "prog: error: /full/model.pt: No space left on device",
+        ),
+        (DataError("unused"), ["--count", "0"], 2, "prog: error: Invalid value for '--count'"),
+        (DataError("unused"), ["--bogus"], 2, "prog: error: No such option: --bogus"),
+    ],
+)
+def test_cli_failures_are_one_line(
+    exc: BaseException, args: list[str], code: int, line: str
+) -> None:
+    result = CliRunner().invoke(_app_raising(exc), args, prog_name="prog")
+    assert result.exit_code == code
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(line)
+    assert "Traceback" not in result.output
