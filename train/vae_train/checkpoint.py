@@ -149,4 +149,5 @@ def _refused(path: Path, exc: pickle.UnpicklingError) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     line = text.splitlines()[0] if text else type(exc).__name__
-    return line[:200]
+    # torch's C++ errors start with "[enforce fail at inline_container.cc:180] . ": not for users
+    return re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", line)[:200]
