@@ -252,7 +252,7 @@ class _Run:
                 task = None
                 if progress is not None:
                     task = progress.add_task(
-                        f"epoch {epoch}/{self.settings.epochs}", total=n_batches, loss=float("nan")
+                        f"epoch {epoch}/{self.settings.epochs}", total=n_batches, loss="-"
                     )
                 update = _make_update(progress, task, epoch, self.last_good.epoch, model_path)
                 train_bce, train_kl = self._train_epoch(update)
@@ -398,7 +398,7 @@ def _make_update(
         if not math.isfinite(loss):
             raise _nonfinite(loss, "in training", epoch, good, path)
         if progress is not None:
-            progress.update(task, completed=done, loss=loss)
+            progress.update(task, completed=done, loss=f"{loss:.2f}")
 
     return update
 
@@ -412,7 +412,7 @@ def _progress(console: Console, quiet: bool) -> Iterator[Progress | None]:
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.2f}"),
+        TextColumn("loss {task.fields[loss]}"),
         TimeRemainingColumn(),
         console=console,
         transient=True,
