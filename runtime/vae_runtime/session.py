@@ -15,7 +15,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
@@ -35,7 +35,11 @@ from .contract import (
 from .errors import InvalidArgumentError, ModelFileError, NumericalError
 from .sampling import iter_latents
 
+if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are never evaluated at run time
+    from typing_extensions import Self
+
 DEFAULT_PROVIDER = "CPUExecutionProvider"
+_Args = tuple[tuple[str, tuple[int, ...]], ...]  # (name, dims after the batch axis) per argument
 DEFAULT_BATCH_SIZE = 1024  # rows per run: large enough to keep the matmuls efficient, ~3 MB out
 _FLOAT = "tensor(float)"
 
@@ -158,6 +162,36 @@ class _Graph:
         """Size of the latent vector, as the graph's metadata and shapes state it."""
         return self.info.latent_dim
 
+    @staticmethod
+    def _io(latent_dim: int) -> tuple[_Args, _Args]:
+        """The (name, dims after the batch axis) of each input and output the contract asks for."""
+        raise NotImplementedError
+
+    @classmethod
+    def load(
+        cls,
+        path: Path | str,
+        *,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+    ) -> Self:
+        """Load `path` and check it against the contract. `providers`: onnxruntime execution
+        providers (default CPU); `threads`: intra-op threads (default: one per available core).
+        Raises ModelFileError for a wrong, foreign, corrupt or modified file."""
+        session, path, info = cls._open(path, providers, threads)
+        want_in, want_out = cls._io(info.latent_dim)
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != len(want_in) or len(outputs) != len(want_out):
+            raise ModelFileError(
+                f"{path}: inputs {[a.name for a in inputs]} and outputs "
+                f"{[a.name for a in outputs]}, expected {[n for n, _ in want_in]} and "
+                f"{[n for n, _ in want_out]}"
+            )
+        for kind, args, wanted in (("input", inputs, want_in), ("output", outputs, want_out)):
+            for arg, (name, dims) in zip(args, wanted, strict=True):
+                _check_arg(path, kind, arg, name, dims)
+        return cls(session, path, info)
+
     @classmethod
     def _open(
         cls, path: Path | str, providers: Sequence[str] | None, threads: int | None
@@ -200,27 +234,9 @@ class Decoder(_Graph):
 
     role = "decoder"
 
-    @classmethod
-    def load(
-        cls,
-        path: Path | str,
-        *,
-        providers: Sequence[str] | None = None,
-        threads: int | None = None,
-    ) -> Decoder:
-        """Load and check `path`. `providers`: onnxruntime execution providers (default CPU);
-        `threads`: intra-op threads (default: one per available core)."""
-        session, path, info = cls._open(path, providers, threads)
-        inputs, outputs = session.get_inputs(), session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelFileError(
-                f"{path}: inputs {[a.name for a in inputs]} and outputs "
-                f"{[a.name for a in outputs]}, expected [{DECODER_INPUT!r}] and "
-                f"[{DECODER_OUTPUT!r}]"
-            )
-        _check_arg(path, "input", inputs[0], DECODER_INPUT, (info.latent_dim,))
-        _check_arg(path, "output", outputs[0], DECODER_OUTPUT, IMAGE_SHAPE)
-        return cls(session, path, info)
+    @staticmethod
+    def _io(latent_dim: int) -> tuple[_Args, _Args]:
+        return ((DECODER_INPUT, (latent_dim,)),), ((DECODER_OUTPUT, IMAGE_SHAPE),)
 
     def decode(self, z: np.ndarray, *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """Decode latents (N, latent_dim) -> float32 images (N, 1, 28, 28), `batch_size` rows
@@ -273,27 +289,9 @@ class Encoder(_Graph):
 
     role = "encoder"
 
-    @classmethod
-    def load(
-        cls,
-        path: Path | str,
-        *,
-        providers: Sequence[str] | None = None,
-        threads: int | None = None,
-    ) -> Encoder:
-        """Load and check `path`; options as `Decoder.load`."""
-        session, path, info = cls._open(path, providers, threads)
-        inputs, outputs = session.get_inputs(), session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != len(ENCODER_OUTPUTS):
-            raise ModelFileError(
-                f"{path}: inputs {[a.name for a in inputs]} and outputs "
-                f"{[a.name for a in outputs]}, expected [{ENCODER_INPUT!r}] and "
-                f"{list(ENCODER_OUTPUTS)}"
-            )
-        _check_arg(path, "input", inputs[0], ENCODER_INPUT, IMAGE_SHAPE)
-        for arg, name in zip(outputs, ENCODER_OUTPUTS, strict=True):
-            _check_arg(path, "output", arg, name, (info.latent_dim,))
-        return cls(session, path, info)
+    @staticmethod
+    def _io(latent_dim: int) -> tuple[_Args, _Args]:
+        return ((ENCODER_INPUT, IMAGE_SHAPE),), tuple((n, (latent_dim,)) for n in ENCODER_OUTPUTS)
 
     def encode(
         self, images: np.ndarray, *, batch_size: int = DEFAULT_BATCH_SIZE
