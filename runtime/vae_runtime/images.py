@@ -146,21 +146,34 @@ class NpyWriter:
     def __enter__(self) -> NpyWriter:
         from numpy.lib import format as npy_format  # numpy loads this submodule lazily
 
-        tmp = self._stack.enter_context(atomic_output(self.path))
-        self._file = self._stack.enter_context(open(tmp, "wb"))
-        header = {
-            "descr": npy_format.dtype_to_descr(self.dtype),
-            "fortran_order": False,
-            "shape": self.shape,
-        }
-        npy_format.write_array_header_1_0(self._file, header)
-        self._reserve(self._file.tell() + math.prod(self.shape) * self.dtype.itemsize)
+        # Entered on a stack of its own, handed to self only once all of it worked: a failure
+        # here (a disk too small) unwinds it at once and leaves no temporary file behind.
+        with contextlib.ExitStack() as stack:
+            tmp = stack.enter_context(atomic_output(self.path))
+            self._file = stack.enter_context(open(tmp, "wb"))
+            header = {
+                "descr": npy_format.dtype_to_descr(self.dtype),
+                "fortran_order": False,
+                "shape": self.shape,
+            }
+            npy_format.write_array_header_1_0(self._file, header)
+            self._reserve(self._file.tell() + math.prod(self.shape) * self.dtype.itemsize)
+            self._stack = stack.pop_all()
         return self
 
     def _reserve(self, size: int) -> None:
         # Allocating the whole file up front is one cheap extent allocation instead of one per
         # write (several times faster for 300 MB on ext4), and a full disk fails here, at once.
         assert self._file is not None
+        # Refuse what cannot fit before allocating: posix_fallocate takes blocks until the disk
+        # is full before it fails, which for a moment starves every other writer of that disk.
+        stats = os.statvfs(self.path.parent)
+        free = stats.f_bavail * stats.f_frsize
+        if size > free:
+            raise OutputError(
+                f"{self.path}: {size:,} bytes do not fit on the disk ({free:,} free); "
+                "free some space or write fewer samples"
+            )
         try:
             os.posix_fallocate(self._file.fileno(), 0, size)
         except AttributeError:  # not on this platform

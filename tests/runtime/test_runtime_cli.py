@@ -72,6 +72,13 @@ def test_generate_grid_shows_the_seeds_samples(graphs, work: Path) -> None:
     np.testing.assert_array_equal(grid[56:112:2, 56:112:2], pixels[4])  # row 1, col 1 (0-based)
 
 
+def test_generate_npy_larger_than_any_disk_is_refused_at_once(graphs, work: Path) -> None:
+    # 10^12 samples are ~3 PB: refused from the free space, before a byte is allocated
+    args = ["--onnx", graphs["decoder"], "-n", str(10**12), "--npy", "big.npy", "--no-grid"]
+    assert_one_line_error(run(generate_app, args), "do not fit on the disk")
+    assert files_in(work) == set()
+
+
 def test_generate_npy_streams_every_sample(graphs, work: Path) -> None:
     args = ["--onnx", graphs["decoder20"], "-n", "1000", "--npy", "all.npy", "--batch-size", "96"]
     assert run(generate_app, [*args, "--no-grid"]).exit_code == 0

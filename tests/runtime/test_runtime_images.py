@@ -130,3 +130,24 @@ def test_npy_writer_full_disk_fails_before_writing(
         with NpyWriter(tmp_path / "big.npy", (10, 2)):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_npy_writer_refuses_what_cannot_fit_without_allocating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    real = os.statvfs(tmp_path)
+
+    class Tiny:  # the disk as statvfs reports it, with 1 KiB free
+        f_bavail, f_frsize = 1, 1024
+
+    def never(fd: int, offset: int, size: int) -> None:
+        raise AssertionError("posix_fallocate called for a file that cannot fit")
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Tiny if Path(path) == tmp_path else real)
+    monkeypatch.setattr(os, "posix_fallocate", never)
+    with pytest.raises(OutputError, match=r"do not fit on the disk \(1,024 free\)"):  # noqa: SIM117
+        with NpyWriter(tmp_path / "big.npy", (10, 784)):
+            pass
+    assert list(tmp_path.iterdir()) == []
