@@ -28,7 +28,7 @@ test: lint
 
 demo: install
 	mkdir -p $(OUT)
-	$(BIN)/vae-train --out $(OUT)
+	$(BIN)/vae-train --out $(OUT) --force
 	$(BIN)/vae-export $(OUT)/model.pt --force
 	$(BIN)/vae-generate --onnx $(OUT)/decoder.onnx --out $(OUT)/generated.png
 	@echo "wrote $(OUT)/model.pt, $(OUT)/encoder.onnx, $(OUT)/decoder.onnx, $(OUT)/generated.png"

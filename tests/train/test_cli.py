@@ -191,3 +191,17 @@ def test_without_torch_says_how_to_install() -> None:
     assert len(lines) == 1, done.stderr
     assert INSTALL_HINT in lines[0]
     assert "torch==2.13.0" in INSTALL_HINT
+
+
+def test_existing_model_is_kept_unless_forced_or_resumed(tmp_path: Path, mnist_dir: Path) -> None:
+    base = [*TINY, "--data-dir", mnist_dir, "--out", tmp_path, "-q"]
+    assert invoke(*base, "--epochs", "1").exit_code == 0
+    model = tmp_path / "model.pt"
+    before = model.read_bytes()
+    refused = invoke(*base, "--epochs", "1", "--seed", "7")
+    assert refused.exit_code == 1
+    assert "already exists" in _one_error_line(refused)
+    assert model.read_bytes() == before
+    assert invoke(*base, "--epochs", "2", "--resume", model).exit_code == 0  # resuming it: fine
+    assert invoke(*base, "--epochs", "1", "--seed", "7", "--force").exit_code == 0
+    assert model.read_bytes() != before

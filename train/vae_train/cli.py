@@ -54,6 +54,9 @@ def train_command(
     resume: Path | None = typer.Option(
         None, dir_okay=False, help="Continue the run saved in this model.pt.", show_default=False
     ),
+    force: bool = typer.Option(
+        False, "--force", "-f", help="Replace a model.pt already in --out (without --resume)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no epoch lines."),
 ) -> None:
     """Train the seed VAE (784-400-20) on MNIST."""
@@ -67,6 +70,7 @@ def train_command(
             out_dir=out,
             data_dir=data_dir,
             resume=resume,
+            force=force,
             quiet=quiet,
         )
     except TrainingInterrupted as exc:

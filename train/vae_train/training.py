@@ -103,6 +103,7 @@ def train(
     data: MnistImages | None = None,
     data_dir: Path | str | None = None,
     resume: Path | str | None = None,
+    force: bool = False,
     quiet: bool = False,
     mirrors: Sequence[str] = DEFAULT_MIRRORS,
 ) -> Checkpoint:
@@ -112,13 +113,21 @@ def train(
     `data` (already in memory) wins over `data_dir`, which wins over $VAE_DATA_DIR and the
     download cache (see `load_mnist`). With `resume`, the model, optimizer, epoch and generator
     states come from that checkpoint, whose config and settings must match `config` and
-    `settings` (except `epochs`, the new total, and `device`).
+    `settings` (except `epochs`, the new total, and `device`). A model.pt already in `out_dir`
+    is replaced only with `force`, or when it is the checkpoint being resumed.
 
     Raises VaeError subclasses for bad input, NumericalError if the loss stops being finite,
     TrainingInterrupted on Ctrl-C / SIGTERM after saving the last finished epoch.
     """
     out = Path(out_dir)
     _check_out_dir(out)  # fail before any work, not after ten epochs
+    existing = out / MODEL_FILE
+    resuming_it = resume is not None and Path(resume).resolve() == existing.resolve()
+    if existing.exists() and not (force or resuming_it):
+        raise OutputError(
+            f"{existing} already exists; continue it with --resume {existing}, start over with "
+            "--force, or choose another --out"
+        )
     device = select_device(settings.device)
     previous = load_checkpoint(resume) if resume is not None else None
     if previous is not None:
