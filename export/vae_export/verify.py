@@ -16,6 +16,7 @@ import onnxruntime as ort
 
 from vae_runtime.contract import DECODER_INPUT, ENCODER_INPUT, IMAGE_SHAPE
 from vae_runtime.errors import NumericalError
+from vae_runtime.session import DEFAULT_PROVIDER, session_options
 
 ATOL = 1e-5  # float32: two backends summing 784 or 400 products in different orders
 RTOL = 0.0  # the pass test is |onnx - torch| <= ATOL + RTOL * |torch|, elementwise
@@ -196,11 +197,8 @@ def verify_graphs(
 
 
 def _session(graph: str, path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
-    try:
-        # The runtime's settings (default graph optimisations, CPU): verify what users will run.
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:  # the runtime's own options and provider: verify what users will run
+        return ort.InferenceSession(str(path), session_options(), providers=[DEFAULT_PROVIDER])
     except Exception as exc:  # onnxruntime raises its own untyped errors for unloadable graphs
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise VerificationError(

@@ -52,7 +52,9 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """The options every mnist-vae session runs with (the exporter verifies under them too):
+    all graph optimisations, sequential, `threads` intra-op threads (default: one per core)."""
     if threads is not None and threads < 1:
         raise InvalidArgumentError(f"threads must be >= 1, got {threads}")
     options = ort.SessionOptions()
@@ -197,7 +199,7 @@ class _Graph:
         cls, path: Path | str, providers: Sequence[str] | None, threads: int | None
     ) -> tuple[ort.InferenceSession, Path, GraphInfo]:
         path = Path(path)
-        options = _session_options(threads)
+        options = session_options(threads)
         chosen = _check_providers(providers)
         data = _read_checked(path)
         try:
