@@ -10,7 +10,7 @@ Layout (format version 1):
     metrics         one dict per finished epoch (train/test loss, bce, kl, seconds)
     optimizer       Adam's state_dict              (for --resume)
     rng             generator states, {"shuffle": ByteTensor, "noise": ByteTensor}
-    versions        {"torch": ..., "mnist_vae": ...}
+    versions        {"torch": ..., "mnist-vae": ...}
 """
 
 from __future__ import annotations

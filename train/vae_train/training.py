@@ -9,7 +9,6 @@ generators (shuffle order, reparameterisation noise) whose states travel in the 
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import math
 import os
@@ -28,6 +27,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+import vae_runtime
+from vae_runtime.contract import PRODUCER
 from vae_runtime.errors import InvalidArgumentError, NumericalError, OutputError
 from vae_runtime.fileio import atomic_output, check_output_dir
 from vae_runtime.images import save_png, tile
@@ -241,7 +242,7 @@ class _Run:
             metrics=list(self.metrics),
             optimizer=_copy_to_cpu(self.optimizer.state_dict()),
             rng={"shuffle": self.shuffle_gen.get_state(), "noise": self.noise_gen.get_state()},
-            versions={"torch": str(torch.__version__), "mnist_vae": _package_version()},
+            versions={"torch": str(torch.__version__), PRODUCER: vae_runtime.__version__},
         )
 
     def _save(self, ckpt: Checkpoint) -> None:
@@ -379,13 +380,6 @@ def _copy_to_cpu(value: Any) -> Any:
     if isinstance(value, list):
         return [_copy_to_cpu(v) for v in value]
     return value
-
-
-def _package_version() -> str:
-    try:
-        return importlib.metadata.version("mnist-vae")
-    except importlib.metadata.PackageNotFoundError:  # running from a source tree
-        return "unknown"
 
 
 def _eval_seed(seed: int, epoch: int) -> int:
