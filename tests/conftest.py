@@ -8,40 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
-
-from vae_runtime.idx import write_idx
+from helpers import render_digits, write_mnist_dir
 
 REAL_DATA_ENV = "VAE_DATA_DIR"
-
-
-def render_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """`n` digit-like images: a glyph 0-9 at a random size, offset and slant, blurred like a pen
-    stroke. Returns uint8 images (n, 28, 28) (white ink on black, like MNIST) and labels (n,)."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, size=n).astype(np.uint8)
-    images = np.zeros((n, 28, 28), dtype=np.uint8)
-    fonts = {size: ImageFont.load_default(size=size) for size in (18, 20, 22)}
-    for i, label in enumerate(labels):
-        canvas = Image.new("L", (28, 28), 0)
-        draw = ImageDraw.Draw(canvas)
-        font = fonts[int(rng.choice(list(fonts)))]
-        dx, dy = rng.integers(-2, 3, size=2)
-        draw.text(
-            (14 + dx, 14 + dy),
-            str(label),
-            fill=255,
-            font=font,
-            anchor="mm",
-            stroke_width=int(rng.integers(0, 2)),
-            stroke_fill=255,
-        )
-        shear = float(rng.uniform(-0.25, 0.25))
-        canvas = canvas.transform(
-            (28, 28), Image.Transform.AFFINE, (1, shear, -14 * shear, 0, 1, 0)
-        )
-        images[i] = np.asarray(canvas.filter(ImageFilter.GaussianBlur(0.6)))
-    return images, labels
 
 
 @pytest.fixture(scope="session")
@@ -55,16 +24,6 @@ def make_digits() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
         return cache[(n, seed)]
 
     return make
-
-
-def write_mnist_dir(directory: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
-    """A folder laid out like MNIST's download (four gzip IDX files) holding synthetic digits."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for prefix, n, s in (("train", n_train, seed), ("t10k", n_test, seed + 1)):
-        images, labels = render_digits(n, s)
-        write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    return directory
 
 
 @pytest.fixture(scope="session")

@@ -1,19 +1,20 @@
-"""mnist-vae's exporter: model.pt -> encoder.onnx + decoder.onnx + manifest.json, verified."""
+"""mnist-vae's exporter: model.pt -> encoder.onnx + decoder.onnx + manifest.json, verified.
+
+The names below load lazily (PEP 562): `vae-export --help` and the missing-torch hint must not
+import torch (1.1 s), and only onnx_export, graphs and verify need it.
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-# The opset range is declared here, not in onnx_export, because `vae-export --help` and the
-# missing-torch hint must work without importing torch (onnx_export imports it).
+# The opset range is declared here, not in onnx_export, because `vae-export --help` shows it.
 DEFAULT_OPSET = 18  # the dynamo exporter's native minimum; onnxruntime >= 1.14 runs it
 MIN_OPSET = 17  # below this the exporter's version converter is untested here
 
-# Imported on first use (PEP 562): `vae_export.cli` imports this package before it can check
-# that torch is installed, so nothing here may import torch eagerly.
-_LAZY = {
-    "ExportError": ".onnx_export",
+_EXPORTS = {
+    "ExportError": ".graphs",
     "ExportResult": ".onnx_export",
     "export_checkpoint": ".onnx_export",
     "Report": ".verify",
@@ -32,9 +33,16 @@ __all__ = [
     "verify_graphs",
 ]
 
+if TYPE_CHECKING:
+    from .graphs import ExportError
+    from .onnx_export import ExportResult, export_checkpoint
+    from .verify import Report, VerificationError, verify_graphs
+
 
 def __getattr__(name: str) -> Any:
-    """Import the public names of onnx_export and verify on first access."""
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    """Import the public names of onnx_export, graphs and verify on first access."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value

@@ -7,8 +7,7 @@ from pathlib import Path
 import typer
 
 from vae_runtime._cli import VaeCommand, make_app
-from vae_train.cli import require_training_extra  # torch-free modules, like this one
-from vae_train.data import DATA_DIR_ENV
+from vae_train.data import DATA_DIR_ENV  # torch-free, like this module
 
 from . import DEFAULT_OPSET, MIN_OPSET
 
@@ -25,7 +24,7 @@ def export(
         None,
         "--out-dir",
         "-o",
-        help="folder for the three files  [default: the checkpoint's folder]",
+        help="folder for the three files, made if missing  [default: the checkpoint's folder]",
     ),
     opset: int = typer.Option(
         DEFAULT_OPSET, "--opset", help=f"ONNX opset of both graphs, {MIN_OPSET} or newer"
@@ -36,13 +35,12 @@ def export(
         None,
         "--data-dir",
         envvar=DATA_DIR_ENV,
-        help="MNIST IDX folder: its test images check the encoder  "
-        "[default: the model's own decoded samples]",
+        help=f"MNIST IDX folder [default: ${DATA_DIR_ENV}]: its test images check the encoder  "
+        "[without one: the model's own decoded samples]",
     ),
 ) -> None:
     """Export MODEL.PT to ONNX and verify it against PyTorch before keeping anything."""
-    # Imported here: torch loads only once main() has checked that it is installed.
-    from .onnx_export import export_checkpoint
+    from .onnx_export import export_checkpoint  # torch loads only now
 
     export_checkpoint(
         checkpoint,
@@ -50,11 +48,5 @@ def export(
         opset=opset,
         force=force,
         data_dir=data_dir,
-        log=None if quiet else typer.echo,
+        log=None if quiet else print,
     )
-
-
-def main() -> None:
-    """Console entry point: one line instead of a traceback when the training extra is missing."""
-    require_training_extra("vae-export", ("torch", "onnx", "onnxscript"))
-    app(prog_name="vae-export")

@@ -1,7 +1,9 @@
 """Parity check of exported graphs against a reference (the torch model), on fixed inputs.
 
-Torch-free on purpose: the reference is any callable from a float32 batch to named float32
-outputs, so the comparison itself can be tested (and reused) without PyTorch.
+The graphs are loaded and run through the runtime's own `Decoder.load`/`Encoder.load` (same
+session options, same contract checks, same input checks): export verifies exactly what users
+will run. Torch-free on purpose: the reference is any callable from a float32 batch to named
+float32 outputs, so the comparison itself can be tested (and reused) without PyTorch.
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from vae_runtime.contract import DECODER_INPUT, ENCODER_INPUT, IMAGE_SHAPE
-from vae_runtime.errors import NumericalError
-from vae_runtime.session import DEFAULT_PROVIDER, session_options
+from vae_runtime.contract import DECODER_OUTPUT, ENCODER_OUTPUTS, IMAGE_SHAPE
+from vae_runtime.errors import NumericalError, VaeError
+from vae_runtime.session import Decoder, Encoder
 
 ATOL = 1e-5  # float32: two backends summing 784 or 400 products in different orders
 RTOL = 0.0  # the pass test is |onnx - torch| <= ATOL + RTOL * |torch|, elementwise
@@ -128,9 +129,7 @@ def decoder_inputs(latent_dim: int, seed: int = SEED) -> dict[str, np.ndarray]:
 
 
 def compare_graph(
-    graph: str,
-    path: Path,
-    input_name: str,
+    graph: Encoder | Decoder,
     reference: Reference,
     cases: Mapping[str, np.ndarray],
     *,
@@ -138,28 +137,38 @@ def compare_graph(
     atol: float = ATOL,
     rtol: float = RTOL,
 ) -> list[Comparison]:
-    """Run the graph at `path` (onnxruntime, CPU) and `reference` on the first b rows of every
-    case for every batch size b; one Comparison per (output, case). Shapes that differ or
-    values that are not finite count as failures, with an infinite difference."""
-    session = _session(graph, path)
-    output_names = [o.name for o in session.get_outputs()]
+    """Run `graph` (as loaded by the runtime) and `reference` on the first b rows of every case,
+    one graph run of b rows for every batch size b; one Comparison per (output, case). Shapes
+    that differ, values that are not finite, or a run the runtime refuses count as failures,
+    with an infinite difference."""
+    names = list(ENCODER_OUTPUTS) if isinstance(graph, Encoder) else [DECODER_OUTPUT]
     out: list[Comparison] = []
     for case, data in cases.items():
-        worst = {name: [0.0, 0.0, True] for name in output_names}  # max abs, max rel, passed
+        worst = {name: [0.0, 0.0, True] for name in names}  # max abs, max rel, passed
         for b in batch_sizes:
             batch = np.ascontiguousarray(data[:b])
-            got = dict(zip(output_names, session.run(None, {input_name: batch}), strict=True))
+            got = _run(graph, batch, names)
             want = reference(batch)
-            for name in output_names:
-                abs_d, rel_d, ok = _difference(got[name], want.get(name), atol, rtol)
+            for name in names:
+                abs_d, rel_d, ok = _difference(got.get(name), want.get(name), atol, rtol)
                 w = worst[name]
                 w[0], w[1], w[2] = max(w[0], abs_d), max(w[1], rel_d), bool(w[2] and ok)
-        for name in output_names:
+        for name in names:
             max_abs, max_rel, ok = worst[name]
             out.append(
-                Comparison(graph, name, case, tuple(batch_sizes), max_abs, max_rel, atol, ok)
+                Comparison(graph.role, name, case, tuple(batch_sizes), max_abs, max_rel, atol, ok)
             )
     return out
+
+
+def _run(graph: Encoder | Decoder, batch: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """The graph's named outputs on `batch`, in one run; empty when the runtime refuses them."""
+    try:
+        if isinstance(graph, Encoder):
+            return dict(zip(names, graph.encode(batch, batch_size=len(batch)), strict=True))
+        return {names[0]: graph.decode(batch, batch_size=len(batch))}
+    except VaeError:  # NaN outputs, a graph that cannot run: a failed comparison, not a crash
+        return {}
 
 
 def verify_graphs(
@@ -174,45 +183,23 @@ def verify_graphs(
     atol: float = ATOL,
     rtol: float = RTOL,
 ) -> Report:
-    """Compare both graphs with their references on the standard inputs (see encoder_inputs,
-    decoder_inputs) at BATCH_SIZES. Returns the report; does not raise on disagreement."""
+    """Load both graphs through the runtime and compare them with their references on the
+    standard inputs (see encoder_inputs, decoder_inputs) at BATCH_SIZES. Returns the report;
+    does not raise on disagreement (a graph the runtime refuses to load raises its error)."""
+    encoder = Encoder.load(encoder_path)
+    decoder = Decoder.load(decoder_path)
     comparisons = compare_graph(
-        "encoder",
-        encoder_path,
-        ENCODER_INPUT,
-        encode,
-        encoder_inputs(images, images_name),
-        atol=atol,
-        rtol=rtol,
-    ) + compare_graph(
-        "decoder",
-        decoder_path,
-        DECODER_INPUT,
-        decode,
-        decoder_inputs(latent_dim),
-        atol=atol,
-        rtol=rtol,
-    )
+        encoder, encode, encoder_inputs(images, images_name), atol=atol, rtol=rtol
+    ) + compare_graph(decoder, decode, decoder_inputs(latent_dim), atol=atol, rtol=rtol)
     return Report(tuple(comparisons))
 
 
-def _session(graph: str, path: Path) -> ort.InferenceSession:
-    try:  # the runtime's own options and provider: verify what users will run
-        return ort.InferenceSession(str(path), session_options(), providers=[DEFAULT_PROVIDER])
-    except Exception as exc:  # onnxruntime raises its own untyped errors for unloadable graphs
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise VerificationError(
-            f"onnxruntime {ort.__version__} cannot load the exported {graph}: {first}; "
-            "try a lower --opset"
-        ) from None
-
-
 def _difference(
-    got: np.ndarray, want: np.ndarray | None, atol: float, rtol: float
+    got: np.ndarray | None, want: np.ndarray | None, atol: float, rtol: float
 ) -> tuple[float, float, bool]:
     """Max absolute and relative difference and pass/fail. The relative difference divides by
     max(|want|, atol), so values that are ~0 (saturated sigmoid pixels) do not blow it up."""
-    if want is None or got.shape != want.shape:
+    if got is None or want is None or got.shape != want.shape:
         return math.inf, math.inf, False
     if not (np.all(np.isfinite(got)) and np.all(np.isfinite(want))):
         return math.inf, math.inf, False

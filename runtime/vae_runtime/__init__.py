@@ -4,32 +4,59 @@ from vae_runtime import Decoder, tile, save_png
 decoder = Decoder.load("decoder.onnx")        # checks role, names, shapes, manifest SHA-256
 images = decoder.sample(25, seed=0)           # float32 (25, 1, 28, 28) in [0, 1]
 save_png(tile(images, rows=5, cols=5), "samples.png")
+
+The names load on first use (PEP 562): the console scripts install their signal handlers before
+numpy and onnxruntime are imported (half of a command's start-up), so that a Ctrl-C at any moment
+is one line and an exit code, never a traceback from the middle of an import.
 """
 
-from .errors import (
-    DataError,
-    InvalidArgumentError,
-    ModelFileError,
-    NumericalError,
-    OutputError,
-    VaeError,
-)
-from .images import NpyWriter, save_gif, save_png, tile, to_uint8
-from .inputs import load_inputs, read_image
-from .sampling import interpolate, iter_latents, manifold_latents, sample_latents
-from .session import Decoder, Encoder, reconstruct
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    "BusyError": "errors",
+    "DataError": "errors",
+    "InvalidArgumentError": "errors",
+    "ModelFileError": "errors",
+    "NumericalError": "errors",
+    "OutputError": "errors",
+    "OutputRefusedError": "errors",
+    "VaeError": "errors",
+    "Manifest": "contract",
+    "NpyWriter": "fileio",
+    "Outputs": "fileio",
+    "save_gif": "images",
+    "save_png": "images",
+    "tile": "images",
+    "to_uint8": "images",
+    "load_inputs": "inputs",
+    "read_image": "inputs",
+    "interpolate": "sampling",
+    "iter_latents": "sampling",
+    "manifold_latents": "sampling",
+    "sample_latents": "sampling",
+    "Decoder": "session",
+    "Encoder": "session",
+    "reconstruct": "session",
+}
+
 __all__ = [
+    "BusyError",
     "DataError",
     "Decoder",
     "Encoder",
     "InvalidArgumentError",
+    "Manifest",
     "ModelFileError",
     "NpyWriter",
     "NumericalError",
     "OutputError",
+    "OutputRefusedError",
+    "Outputs",
     "VaeError",
     "__version__",
     "interpolate",
@@ -44,3 +71,29 @@ __all__ = [
     "tile",
     "to_uint8",
 ]
+
+if TYPE_CHECKING:
+    from .contract import Manifest
+    from .errors import (
+        BusyError,
+        DataError,
+        InvalidArgumentError,
+        ModelFileError,
+        NumericalError,
+        OutputError,
+        OutputRefusedError,
+        VaeError,
+    )
+    from .fileio import NpyWriter, Outputs
+    from .images import save_gif, save_png, tile, to_uint8
+    from .inputs import load_inputs, read_image
+    from .sampling import interpolate, iter_latents, manifold_latents, sample_latents
+    from .session import Decoder, Encoder, reconstruct
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

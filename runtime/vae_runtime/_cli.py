@@ -1,26 +1,31 @@
-"""What every mnist-vae command shares: one-line errors and exit codes, plain (non-rich) help.
+"""What every mnist-vae command shares: one-line errors, one table of exit codes, plain help.
 
 Commands are declared with `@app.command(cls=VaeCommand)` on an app from `make_app`; their bodies
-call one library function and raise nothing themselves. `VaeCommand.main` turns
-  - a usage error (bad option value, unknown option) into `prog: error: ...`, exit 2;
-  - any VaeError from the library into `prog: error: ...`, exit 1;
-  - Ctrl-C into `prog: interrupted`, exit 130;
-  - an OSError nothing checked for (a full disk) into `prog: error: <file>: <reason>`, exit 1;
-so that no user mistake ever prints a traceback.
+call one library function. `VaeCommand.main` is the one place where what went wrong becomes a
+line on stderr and an exit code (README, "Exit codes"):
+  - 0 done;
+  - 1 a failure: a VaeError about a file, graph, data or disk, an OSError nothing foresaw;
+  - 2 a bad value or usage: typer's usage errors, InvalidArgumentError, OutputRefusedError;
+  - 130 / 143 interrupted by SIGINT / SIGTERM (128 + the signal), saying what was kept.
+`VAE_DEBUG=1` prints the traceback behind the line, for bug reports.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
 import typer
-from typer import _click
 from typer.core import TyperCommand
-from typer.exceptions import Abort
 
-from .errors import VaeError
+from . import fileio, signals
+from .errors import EXIT_FAILURE, EXIT_USAGE, Interrupted, VaeError
+
+DEBUG_ENV = "VAE_DEBUG"
 
 
 def make_app(help_text: str) -> typer.Typer:
@@ -34,15 +39,27 @@ def make_app(help_text: str) -> typer.Typer:
     )
 
 
-def fail(prog: str, message: str, code: int) -> None:
-    """Print `prog: error: message` on one line of stderr and exit with `code`."""
-    one_line = " ".join(str(message).split())
-    print(f"{prog}: error: {one_line}", file=sys.stderr)
-    sys.exit(code)
+def debugging() -> bool:
+    """True when VAE_DEBUG asks for tracebacks and third-party warnings."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _line(prog: str, message: str) -> str:
+    return f"{prog}: error: {' '.join(str(message).split())}"
+
+
+def _kept() -> str:
+    """What an interrupted command leaves: the files it completed, everything else untouched."""
+    if not fileio.journal:
+        return "no file was changed"
+    return f"kept the complete {', '.join(map(str, fileio.journal))}; nothing else was changed"
 
 
 class VaeCommand(TyperCommand):
-    """A TyperCommand whose every failure is one line on stderr and a non-zero exit code."""
+    """A TyperCommand whose every failure is one line on stderr and an exit code from the table.
+
+    It parses and invokes the command itself (what click's `main` does), so that nothing of
+    click's own error printing or its mapping of Ctrl-C to a bare exit code gets in between."""
 
     def main(  # type: ignore[override]
         self,
@@ -52,27 +69,41 @@ class VaeCommand(TyperCommand):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
-        prog = prog_name or _click.utils._detect_program_name()
+        prog = prog_name or self.name or "mnist-vae"
+        argv = list(sys.argv[1:] if args is None else args)
+        fileio.journal.clear()
+        code, line, error = 0, "", None
         try:
-            rv = super().main(args, prog, complete_var, standalone_mode=False, **extra)
-        except _click.exceptions.ClickException as exc:
-            if not standalone_mode:
-                raise
-            fail(prog, f"{exc.format_message()} (see {prog} --help)", exc.exit_code)
-        except Abort:
-            if not standalone_mode:
-                raise
-            print(f"{prog}: interrupted", file=sys.stderr)
-            sys.exit(130)
+            with self.make_context(prog, argv, **extra) as ctx:
+                self.invoke(ctx)
+            signals.ignore_from_now()  # done: a late signal changes nothing
+        except typer.Exit as exc:  # --help, or a command that exits on purpose
+            code = exc.exit_code
+        except typer.TyperException as exc:  # click's usage errors: bad option, bad value
+            code, error = getattr(exc, "exit_code", EXIT_USAGE), exc
+            line = _line(prog, f"{exc.format_message()} (see {prog} --help)")
+        except KeyboardInterrupt as exc:  # Interrupted, or Ctrl-C where no handler was installed
+            stop = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+            stop.detail = stop.detail or _kept()
+            code, line, error = stop.exit_code, f"{prog}: {stop}", exc
         except VaeError as exc:
-            if not standalone_mode:
-                raise
-            fail(prog, str(exc), 1)
-        except MemoryError:
-            fail(prog, "out of memory; use a smaller batch or grid", 1)
-        except OSError as exc:  # what no check can foresee: a full disk, a vanished folder
+            code, line, error = exc.exit_code, _line(prog, str(exc)), exc
+        except MemoryError as exc:
+            code, error = EXIT_FAILURE, exc
+            line = _line(prog, "out of memory; ask for fewer or smaller images")
+        except OSError as exc:  # what no check can foresee: a vanished folder, a broken pipe
             where = f"{exc.filename}: " if exc.filename else ""
-            fail(prog, f"{where}{exc.strerror or exc}", 1)
-        if standalone_mode:
-            sys.exit(rv if isinstance(rv, int) else 0)
-        return rv
+            code, line, error = EXIT_FAILURE, _line(prog, f"{where}{exc.strerror or exc}"), exc
+        except Exception as exc:  # a bug: still one line, with the way to report it
+            code, error = EXIT_FAILURE, exc
+            line = _line(
+                prog,
+                f"internal error ({type(exc).__name__}: {exc}); please report it with the "
+                f"output of the same command run with {DEBUG_ENV}=1",
+            )
+        signals.ignore_from_now()
+        if line:
+            if debugging() and error is not None:
+                traceback.print_exception(error)
+            print(line, file=sys.stderr)
+        sys.exit(code)

@@ -51,7 +51,7 @@ def generate(
     ),
     out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="Grid PNG to write."),
     grid: bool = typer.Option(True, "--grid/--no-grid", help="Write the grid PNG at --out."),
-    count: int = typer.Option(
+    count: int | None = typer.Option(
         None,
         "--count",
         "-n",
@@ -59,14 +59,14 @@ def generate(
         "For bulk output with --npy or --images-dir.",
         show_default=False,
     ),
-    npy: Path = typer.Option(
+    npy: Path | None = typer.Option(
         None,
         "--npy",
         help="Also write all samples as float32 (N, 1, 28, 28) in [0, 1] to this .npy, "
         "streamed batch by batch.",
         show_default=False,
     ),
-    images_dir: Path = typer.Option(
+    images_dir: Path | None = typer.Option(
         None,
         "--images-dir",
         help="Also write each sample as its own PNG (sample_00000.png, ...) in this folder.",
@@ -82,7 +82,7 @@ def generate(
     padding: int = typer.Option(2, "--padding", help="Black pixels between and around images."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Rows per run."),
     provider: list[str] = _provider_option(),
-    threads: int = typer.Option(None, "--threads", help=_THREADS_HELP, show_default=False),
+    threads: int | None = typer.Option(None, "--threads", help=_THREADS_HELP, show_default=False),
 ) -> None:
     """Decode samples from the prior into a grid PNG (and .npy / per-image files)."""
     print(
@@ -120,7 +120,7 @@ interpolate_app = make_app(_INTERPOLATE_HELP)
 
 @interpolate_app.command(cls=VaeCommand, help=_INTERPOLATE_HELP)
 def interpolate(
-    inputs: list[Path] = typer.Argument(
+    inputs: list[Path] | None = typer.Argument(
         None,
         help="With --encoder: two image files (or one IDX file: its first two images).",
         metavar="FILE",
@@ -129,7 +129,7 @@ def interpolate(
     decoder: Path = typer.Option(
         ..., "--onnx", "--decoder", help="decoder.onnx from vae-export.", show_default=False
     ),
-    encoder: Path = typer.Option(
+    encoder: Path | None = typer.Option(
         None,
         "--encoder",
         help="encoder.onnx, to start and end at input images.",
@@ -150,21 +150,21 @@ def interpolate(
     out: Path = typer.Option(Path("interpolation.png"), "--out", "-o", help="Grid PNG."),
     gif: Path = typer.Option(Path("interpolation.gif"), "--gif", help="Animated GIF."),
     no_gif: bool = typer.Option(False, "--no-gif", help="Do not write the GIF."),
-    cols: int = typer.Option(
+    cols: int | None = typer.Option(
         None, "--cols", help="Grid columns (default: steps, one row).", show_default=False
     ),
     scale: int = typer.Option(1, "--scale", help="Upscale factor of the grid PNG."),
     padding: int = typer.Option(2, "--padding", help="Black pixels between and around images."),
     gif_scale: int = typer.Option(4, "--gif-scale", help="Upscale factor of the GIF frames."),
     frame_ms: int = typer.Option(100, "--frame-ms", help="Milliseconds per GIF frame."),
-    npy: Path = typer.Option(
+    npy: Path | None = typer.Option(
         None,
         "--npy",
         help="Also write the path's images, float32 (steps, 1, 28, 28).",
         show_default=False,
     ),
     provider: list[str] = _provider_option(),
-    threads: int = typer.Option(None, "--threads", help=_THREADS_HELP, show_default=False),
+    threads: int | None = typer.Option(None, "--threads", help=_THREADS_HELP, show_default=False),
 ) -> None:
     """Interpolate between two latents and write the path as a grid PNG and a GIF."""
     print(
@@ -221,14 +221,14 @@ def reconstruct(
     out: Path = typer.Option(Path("reconstructions.png"), "--out", "-o", help="Grid PNG to write."),
     scale: int = typer.Option(1, "--scale", help="Upscale every pixel by this integer factor."),
     padding: int = typer.Option(2, "--padding", help="Black pixels between and around images."),
-    npy: Path = typer.Option(
+    npy: Path | None = typer.Option(
         None,
         "--npy",
         help="Also write the reconstructions, float32 (N, 1, 28, 28).",
         show_default=False,
     ),
     provider: list[str] = _provider_option(),
-    threads: int = typer.Option(None, "--threads", help=_THREADS_HELP, show_default=False),
+    threads: int | None = typer.Option(None, "--threads", help=_THREADS_HELP, show_default=False),
 ) -> None:
     """Reconstruct input images through encoder.onnx and decoder.onnx."""
     print(
@@ -246,18 +246,3 @@ def reconstruct(
             threads=threads,
         )
     )
-
-
-def generate_main() -> None:
-    """Entry point of `vae-generate`."""
-    generate_app(prog_name="vae-generate")
-
-
-def interpolate_main() -> None:
-    """Entry point of `vae-interpolate`."""
-    interpolate_app(prog_name="vae-interpolate")
-
-
-def reconstruct_main() -> None:
-    """Entry point of `vae-reconstruct`."""
-    reconstruct_app(prog_name="vae-reconstruct")

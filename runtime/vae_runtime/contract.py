@@ -6,8 +6,11 @@ so a graph the runtime accepts is by construction one the exporter can produce.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import ModelFileError
@@ -42,6 +45,10 @@ MANIFEST_LATENT_DIM = "latent_dim"
 MANIFEST_OPSET = "opset"
 
 ROLES = ("encoder", "decoder")
+PRECISIONS = ("fp32",)  # of a graph's weights; float32 at the inputs and outputs always
+MAX_LATENT_DIM = 4096  # far above any MNIST VAE; a file claiming more is corrupt or hostile
+_MAX_MANIFEST_BYTES = 1 << 24  # 16 MiB: a real manifest is a few KB
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 # Keys of ONNX metadata_props; every value is a string (JSON where it is structured).
 META_FORMAT = "vae.format_version"
@@ -106,8 +113,9 @@ def parse_metadata(props: dict[str, str], path: str) -> GraphInfo:
         pixel_range = tuple(json.loads(props[META_PIXEL_RANGE]))
         source = json.loads(props.get(META_SOURCE, "{}"))
         training = json.loads(props.get(META_TRAINING, "{}"))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ModelFileError(f"{path}: malformed mnist-vae metadata ({exc})") from None
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:
+        detail = " ".join(str(exc).split())[:120]
+        raise ModelFileError(f"{path}: malformed mnist-vae metadata ({detail})") from None
     if version > FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: graph format version {version} is newer than this runtime reads "
@@ -116,8 +124,10 @@ def parse_metadata(props: dict[str, str], path: str) -> GraphInfo:
     role = props[META_ROLE]
     if role not in ROLES:
         raise ModelFileError(f"{path}: unknown role {role!r}, expected one of {ROLES}")
-    if latent_dim < 1:
-        raise ModelFileError(f"{path}: latent size {latent_dim} in metadata is not positive")
+    if not 1 <= latent_dim <= MAX_LATENT_DIM:
+        raise ModelFileError(
+            f"{path}: latent size {latent_dim} in metadata is outside 1..{MAX_LATENT_DIM}"
+        )
     if image_shape != IMAGE_SHAPE or pixel_range != PIXEL_RANGE:
         raise ModelFileError(
             f"{path}: image shape {image_shape} / pixel range {pixel_range} in metadata, "
@@ -132,3 +142,139 @@ def parse_metadata(props: dict[str, str], path: str) -> GraphInfo:
         source=source if isinstance(source, dict) else {},
         training=training if isinstance(training, dict) else {},
     )
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """What manifest.json says about one graph file."""
+
+    sha256: str  # hex SHA-256 of the file's bytes
+    size: int  # bytes
+    role: str = ""  # "encoder" / "decoder" ("" in manifests written before roles were listed)
+    precision: str = "fp32"
+
+    @classmethod
+    def of(cls, data: bytes, role: str, precision: str = "fp32") -> FileEntry:
+        """The entry of a graph file with these bytes."""
+        return cls(hashlib.sha256(data).hexdigest(), len(data), role, precision)
+
+    def to_json(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {MANIFEST_SHA256: self.sha256, MANIFEST_BYTES: self.size}
+        if self.role:
+            entry["role"] = self.role
+        entry["precision"] = self.precision
+        return entry
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """manifest.json: the one type that reads, checks and writes it (exporter and runtime alike).
+
+    `files` maps each graph's file name to its entry; `latent_dim` is the pair's latent size;
+    `checkpoint` names the source model.pt and its SHA-256; `details` holds everything else the
+    exporter records (model config, training figures, versions, export settings, verification),
+    kept as it was read. `path` is where it was loaded from (None for one being built)."""
+
+    files: dict[str, FileEntry]
+    latent_dim: int
+    checkpoint: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def to_bytes(self) -> bytes:
+        """The JSON text, as written beside the graphs."""
+        content: dict[str, Any] = {
+            MANIFEST_KEY_FORMAT: MANIFEST_FORMAT,
+            MANIFEST_KEY_VERSION: FORMAT_VERSION,
+            MANIFEST_FILES: {name: e.to_json() for name, e in self.files.items()},
+            MANIFEST_CHECKPOINT: self.checkpoint,
+            MANIFEST_LATENT_DIM: self.latent_dim,
+            **self.details,
+        }
+        return (json.dumps(content, indent=2, allow_nan=False) + "\n").encode("utf-8")
+
+    @classmethod
+    def beside(cls, graph: Path) -> Manifest | None:
+        """The manifest.json in the graph's folder, checked, or None when there is none."""
+        path = Path(graph).parent / MANIFEST_FILE
+        return cls.load(path) if path.is_file() else None
+
+    @classmethod
+    def load(cls, path: Path | str) -> Manifest:
+        """Read and check manifest.json; ModelFileError names the file and the bad field."""
+        path = Path(path)
+        try:
+            if path.stat().st_size > _MAX_MANIFEST_BYTES:
+                raise ModelFileError(f"{path}: {path.stat().st_size:,} bytes is not a manifest")
+            content = json.loads(path.read_bytes())
+        except OSError as exc:
+            raise ModelFileError(f"{path}: cannot read the manifest: {exc.strerror}") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            detail = " ".join(str(exc).split())[:120]
+            raise ModelFileError(f"{path}: not valid JSON ({detail}); re-export") from None
+        return cls._parse(content, path)
+
+    @classmethod
+    def _parse(cls, content: Any, path: Path) -> Manifest:
+        def bad(what: str) -> ModelFileError:
+            return ModelFileError(f"{path}: {what}; re-export the graphs with vae-export")
+
+        if not isinstance(content, dict) or content.get(MANIFEST_KEY_FORMAT) != MANIFEST_FORMAT:
+            raise bad(f"not an mnist-vae manifest (no '{MANIFEST_FORMAT}' format tag)")
+        version = content.get(MANIFEST_KEY_VERSION)
+        if not _is_int(version) or version < 1:
+            raise bad(f"bad {MANIFEST_KEY_VERSION} {version!r}")
+        if version > FORMAT_VERSION:
+            raise ModelFileError(
+                f"{path}: manifest format version {version} is newer than this runtime reads "
+                f"({FORMAT_VERSION}); upgrade mnist-vae"
+            )
+        latent = content.get(MANIFEST_LATENT_DIM)
+        if not _is_int(latent) or not 1 <= latent <= MAX_LATENT_DIM:
+            raise bad(f"'{MANIFEST_LATENT_DIM}' is {latent!r}, expected 1..{MAX_LATENT_DIM}")
+        files = content.get(MANIFEST_FILES)
+        if not isinstance(files, dict) or not files:
+            raise bad(f"'{MANIFEST_FILES}' lists no graph files")
+        entries = {}
+        for name, raw in files.items():
+            if not name or "/" in name or "\\" in name or name in (".", ".."):
+                raise bad(f"'{MANIFEST_FILES}' names {name!r}, which is not a file name")
+            if not isinstance(raw, dict):
+                raise bad(f"the entry of {name} is not an object")
+            sha, size = raw.get(MANIFEST_SHA256), raw.get(MANIFEST_BYTES)
+            role, precision = raw.get("role", ""), raw.get("precision", "fp32")
+            if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+                raise bad(f"the SHA-256 of {name} is {sha!r}, expected 64 hex digits")
+            if not _is_int(size) or size < 0:
+                raise bad(f"the size of {name} is {size!r}, expected a byte count")
+            if role not in ("", *ROLES) or precision not in PRECISIONS:
+                raise bad(f"{name} has role {role!r} / precision {precision!r}")
+            entries[name] = FileEntry(sha, size, role, precision)
+        checkpoint = content.get(MANIFEST_CHECKPOINT, {})
+        if not isinstance(checkpoint, dict):
+            raise bad(f"'{MANIFEST_CHECKPOINT}' is not an object")
+        known = {MANIFEST_KEY_FORMAT, MANIFEST_KEY_VERSION, MANIFEST_FILES, MANIFEST_CHECKPOINT}
+        details = {k: v for k, v in content.items() if k not in known | {MANIFEST_LATENT_DIM}}
+        return cls(entries, latent, checkpoint, details, path)
+
+    def verify(self, graph: Path, data: bytes) -> FileEntry:
+        """Check the bytes of `graph` (a file beside this manifest) against its entry: a file
+        the manifest does not list, or whose SHA-256 differs, is a ModelFileError."""
+        entry = self.files.get(graph.name)
+        fix = "re-export, or move the graph away from that manifest"
+        if entry is None:
+            raise ModelFileError(
+                f"{graph}: not listed in {self.path} (it lists {', '.join(sorted(self.files))}); "
+                f"the file does not belong to that export ({fix})"
+            )
+        found = hashlib.sha256(data).hexdigest()
+        if found != entry.sha256:
+            raise ModelFileError(
+                f"{graph}: SHA-256 {found[:16]}... does not match {entry.sha256[:16]}... listed "
+                f"in {self.path}; the file was modified or comes from another export ({fix})"
+            )
+        return entry
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

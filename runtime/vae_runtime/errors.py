@@ -1,10 +1,25 @@
-"""The exception hierarchy: every failure a user can cause is a VaeError with a one-line message."""
+"""The exception hierarchy, with each error's exit code, and the argument checks that raise them.
+
+Every failure a user can cause is a VaeError with a one-line message; the command-line layer
+prints it and exits with the class's `exit_code` (README's table): 1 for a failure (file, graph,
+data, disk), 2 for a bad value or usage. `Interrupted` is Ctrl-C or SIGTERM: 128 + the signal.
+"""
 
 from __future__ import annotations
+
+import math
+import numbers
+import signal
+from typing import Any
+
+EXIT_FAILURE = 1  # a file, graph, data set or disk let the command down
+EXIT_USAGE = 2  # a bad value or a bad combination of options
 
 
 class VaeError(Exception):
     """Base of every error the toolkit raises on purpose; the CLIs print its message as one line."""
+
+    exit_code = EXIT_FAILURE
 
 
 class DataError(VaeError):
@@ -15,13 +30,73 @@ class ModelFileError(VaeError):
     """An .onnx file, a manifest or a checkpoint is missing, corrupt or not what was expected."""
 
 
-class OutputError(VaeError):
-    """An output cannot be written (missing or read-only folder, existing file without --force)."""
+class OutputError(VaeError, OSError):
+    """An output cannot be written: a missing or read-only folder, a full disk, an I/O error."""
+
+
+class OutputRefusedError(OutputError):
+    """An output path the command will not write: it exists (and no --force), it is one of the
+    command's inputs or another of its outputs, or it is not a regular file. Nothing was done."""
+
+    exit_code = EXIT_USAGE
+
+
+class BusyError(OutputError):
+    """Another mnist-vae process is writing into the same output folder."""
 
 
 class InvalidArgumentError(VaeError, ValueError):
     """A parameter is outside its allowed range; the message names it, its value and the range."""
 
+    exit_code = EXIT_USAGE
+
 
 class NumericalError(VaeError):
     """A computation produced non-finite values (a NaN loss, a graph emitting NaN)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; raised by the handlers `vae_runtime.signals` installs.
+
+    `detail` says what was kept, when the code that was interrupted knows better than "nothing
+    changed" (training: which epoch model.pt holds)."""
+
+    def __init__(self, signum: int, detail: str = "") -> None:
+        super().__init__(signum, detail)
+        self.signum = signum
+        self.detail = detail
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    def __str__(self) -> str:
+        return f"interrupted by {self.signal_name}; {self.detail or 'no file was changed'}"
+
+
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    """`value` as an int in [low, high], else InvalidArgumentError naming `name` and the range.
+    Booleans and floats are refused (1.0 as a count is a mistake, not a count)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidArgumentError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        allowed = f">= {low:,}" if high is None else f"in {low:,}..{high:,}"
+        raise InvalidArgumentError(f"{name} must be {allowed}, got {value:,}")
+    return value
+
+
+def check_float(name: str, value: Any, low: float, high: float) -> float:
+    """`value` as a finite float in [low, high], else InvalidArgumentError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and low <= value <= high):
+        raise InvalidArgumentError(
+            f"{name} must be a finite number in {low:g}..{high:g}, got {value}"
+        )
+    return value

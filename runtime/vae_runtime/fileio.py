@@ -1,62 +1,468 @@
-"""Crash-safe output: write to a temporary file beside the target, rename into place on success."""
+"""Outputs that never lose work: checked before any work, staged, then replaced as one set.
+
+`Outputs(targets, reads=..., force=...)` checks every target before the command does anything:
+it must be absent or a regular file (never a symlink, folder, FIFO, device or socket), not one of
+the command's inputs (compared by real path and by inode, so symlinks, `..` and hard links are
+seen through), not another target, and in a writable folder. Entered, it locks each target folder
+(flock: a crashed process leaves no stale lock) and makes missing folders when asked. Files are
+written into a hidden staging folder beside their targets; `commit()` moves them into place
+together, signals held off, and puts the old files back if any rename fails. Whatever stops the
+command (an error, a full disk, Ctrl-C), the staging folder and the folders it made itself are
+removed, and every file that existed before is as it was.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
+import math
 import os
+import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO
 
-from .errors import OutputError
+import numpy as np
 
+from . import signals
+from .errors import BusyError, InvalidArgumentError, OutputError, OutputRefusedError
 
-def check_output_dir(directory: Path) -> None:
-    """Raise OutputError unless `directory` exists, is a folder and is writable."""
-    if not directory.exists():
-        raise OutputError(f"output folder {directory} does not exist; create it first")
-    if not directory.is_dir():
-        raise OutputError(f"output path {directory} is not a folder")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise OutputError(f"output folder {directory} is not writable; choose another folder")
-
-
-def check_output_file(path: Path, *, force: bool = True) -> None:
-    """Raise OutputError if `path` cannot be written (folder missing or read-only, or it exists
-    and `force` is false)."""
-    check_output_dir(path.parent)
-    if path.is_dir():
-        raise OutputError(f"output path {path} is a folder, expected a file name")
-    if path.exists() and not force:
-        raise OutputError(f"{path} already exists; pass --force to replace it")
+_STAGING_PREFIX = ".mnist-vae-"  # hidden staging folders; removed on every way out
+# Every target this process has committed, in order: what an interrupted command reports as
+# kept. The command line clears it when a command starts.
+journal: list[Path] = []
 
 
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; rename it onto `path` only if the block
-    succeeds, remove it otherwise, so `path` is never left half-written."""
-    path = Path(path)
-    check_output_dir(path.parent)
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise OutputError(f"cannot write into {path.parent}: {exc.strerror}") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path | str) -> str:
     """Hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def output_error(target: Path, exc: OSError) -> OutputError:
+    """An OSError met while writing `target`, reworded to name the user's path, not a
+    temporary one, and the OS's reason (errno kept)."""
+    error = OutputError(f"{target}: cannot write it: {exc.strerror or exc}")
+    error.errno = exc.errno
+    return error
+
+
+@contextlib.contextmanager
+def naming(target: Path) -> Iterator[None]:
+    """Turn an OSError raised inside the block into `output_error(target, ...)`."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise output_error(target, exc) from None
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _identity(path: Path) -> tuple[str, tuple[int, int] | None]:
+    """(real path, (device, inode) or None when absent) of `path`."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return real, None
+    return real, (st.st_dev, st.st_ino)
+
+
+def _nearest_existing(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _check_folder(folder: Path, create: bool) -> None:
+    if folder.exists():
+        if not folder.is_dir():
+            raise OutputError(f"output folder {folder} is not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"output folder {folder} is not writable; choose another folder")
+        return
+    if not create:
+        raise OutputError(f"output folder {folder} does not exist; create it first")
+    above = _nearest_existing(folder)
+    if not above.is_dir() or not os.access(above, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot create output folder {folder}: {above} is not a writable folder")
+
+
+class Outputs:
+    """The files one command writes, checked at construction, written as one set.
+
+    >>> with Outputs([grid, npy], reads=[decoder_path], force=True) as out:
+    ...     out.write_bytes(grid, png)          # staged, invisible to others
+    ...     out.commit()                        # every staged file replaces its target at once
+
+    `force` allows replacing existing regular files; `create_dirs` makes missing folders (and
+    removes them again if the command ends with nothing committed into them).
+    """
+
+    def __init__(
+        self,
+        targets: Iterable[Path | str],
+        *,
+        reads: Iterable[Path | str] = (),
+        force: bool = True,
+        create_dirs: bool = False,
+    ) -> None:
+        self.targets = [Path(t) for t in targets]
+        self.committed: list[Path] = []
+        self._create_dirs = create_dirs
+        self._staged: dict[Path, Path] = {}  # target -> staged file, in staging order
+        self._open: list[tuple[Path, BinaryIO]] = []  # streams still open, by target
+        self._staging: dict[Path, Path] = {}  # folder -> its staging folder
+        self._locks: list[int] = []
+        self._made: list[Path] = []  # folders this object created, outermost first
+        self._check(self.targets, [Path(r) for r in reads], force)
+
+    # -- checks, before any work -------------------------------------------------------------
+
+    def _check(self, targets: Sequence[Path], reads: Sequence[Path], force: bool) -> None:
+        by_path: dict[str, Path] = {}
+        by_inode: dict[tuple[int, int], Path] = {}
+        for r in reads:
+            real, inode = _identity(r)
+            by_path[real] = r
+            if inode is not None:
+                by_inode[inode] = r
+        seen: dict[str, Path] = {}
+        folders: dict[Path, str] = {}  # each folder checked once, with its real path
+        for target in targets:
+            if target.name in ("", ".", ".."):
+                raise OutputRefusedError(f"output path {target} is not a file name")
+            if target.parent not in folders:
+                _check_folder(target.parent, self._create_dirs)
+                folders[target.parent] = os.path.realpath(target.parent)
+            real = os.path.join(folders[target.parent], target.name)
+            try:
+                st = os.lstat(target)
+            except FileNotFoundError:
+                st = None
+            except OSError as exc:
+                raise output_error(target, exc) from None
+            if st is not None and not stat.S_ISREG(st.st_mode):
+                raise OutputRefusedError(
+                    f"output path {target} is {_kind(st.st_mode)}; mnist-vae writes regular "
+                    "files only (choose another path)"
+                )
+            source = by_path.get(real) or (
+                by_inode.get((st.st_dev, st.st_ino)) if st is not None else None
+            )
+            if source is not None:
+                raise OutputRefusedError(
+                    f"output path {target} is the input {source} of this command; "
+                    "choose another output path"
+                )
+            if real in seen:
+                raise OutputRefusedError(
+                    f"outputs {seen[real]} and {target} are the same file; give them "
+                    "different paths"
+                )
+            seen[real] = target
+            if st is not None and not force:
+                raise OutputRefusedError(f"{target} already exists; pass --force to replace it")
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    def __enter__(self) -> Outputs:
+        try:
+            for folder in dict.fromkeys(t.parent for t in self.targets):
+                self._make(folder)
+                self._lock(folder)
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._close()
+
+    def _make(self, folder: Path) -> None:
+        missing = []
+        while not folder.exists() and folder != folder.parent:
+            missing.append(folder)
+            folder = folder.parent
+        for path in reversed(missing):
+            with signals.deferred():  # made and recorded together, so it is removed again
+                try:
+                    path.mkdir()
+                except FileExistsError:  # another process made it meanwhile: not ours
+                    continue
+                except OSError as exc:
+                    raise OutputError(
+                        f"cannot create output folder {path}: {exc.strerror}"
+                    ) from None
+                self._made.append(path)
+
+    def _lock(self, folder: Path) -> None:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BusyError(
+                f"{folder}: another mnist-vae command is writing into this folder; wait for it "
+                "to finish or choose another output folder"
+            ) from None
+        self._locks.append(fd)
+
+    def _close(self) -> None:
+        """Remove staged files, staging folders and empty folders made here; release locks."""
+        with signals.deferred():
+            for _, f in self._open:
+                with contextlib.suppress(OSError):
+                    f.close()
+            self._open.clear()
+            for staging in self._staging.values():
+                shutil.rmtree(staging, ignore_errors=True)
+            self._staging.clear()
+            self._staged.clear()
+            for fd in self._locks:
+                os.close(fd)  # releases the flock
+            self._locks.clear()
+            for folder in reversed(self._made):
+                with contextlib.suppress(OSError):  # not empty: something was committed there
+                    folder.rmdir()
+            self._made.clear()
+
+    # -- staging -------------------------------------------------------------------------------
+
+    def staged_path(self, target: Path | str) -> Path:
+        """Where `target`'s new content is staged (its final name, in a hidden folder beside it),
+        for reading it back before the commit, e.g. to verify it."""
+        staged = self._staged.get(Path(target))
+        if staged is None:
+            raise InvalidArgumentError(f"nothing is staged for {target}")
+        return staged
+
+    def _stage(self, target: Path | str) -> Path:
+        target = Path(target)
+        if target not in self.targets:
+            raise InvalidArgumentError(f"{target} is not one of this command's outputs")
+        folder = target.parent
+        with signals.deferred(), naming(target):
+            if folder not in self._staging:
+                self._staging[folder] = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=folder))
+        staged = self._staging[folder] / target.name
+        self._staged.pop(target, None)
+        self._staged[target] = staged  # (re)staged: moves to the end of the commit order
+        return staged
+
+    def write_bytes(self, target: Path | str, data: bytes) -> None:
+        """Stage `data` as the new content of `target`."""
+        staged = self._stage(target)
+        with naming(Path(target)):
+            staged.write_bytes(data)
+
+    def open(self, target: Path | str) -> BinaryIO:
+        """A binary file to stream `target`'s new content into; closed at commit at the latest."""
+        staged = self._stage(target)
+        with naming(Path(target)):
+            f = open(staged, "wb")  # noqa: SIM115  (closed by commit or _close)
+        self._open.append((Path(target), f))
+        return f
+
+    def commit(self) -> None:
+        """Move every staged file onto its target, in staging order, as one step: signals are
+        held meanwhile, and if a rename fails the files already replaced get their old content
+        back. The staged set is then empty, ready for the next commit."""
+        with signals.deferred():
+            for opened, f in self._open:
+                with naming(opened):
+                    f.close()  # flushes: a full disk can show up only now
+            self._open.clear()
+            done: list[tuple[Path, Path | None]] = []
+            target = None
+            try:
+                for target, staged in self._staged.items():
+                    backup = self._keep_old(target, staged)
+                    os.replace(staged, target)
+                    done.append((target, backup))
+            except BaseException as exc:
+                for old_target, backup in reversed(done):
+                    with contextlib.suppress(OSError):
+                        if backup is None:
+                            old_target.unlink()
+                        else:
+                            os.replace(backup, old_target)
+                if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+                    assert target is not None
+                    raise output_error(target, exc) from None
+                raise
+            finally:
+                for _, backup in done:
+                    if backup is not None:
+                        with contextlib.suppress(OSError):
+                            backup.unlink()
+                self._staged.clear()
+            for t, _ in done:
+                if t not in self.committed:
+                    self.committed.append(t)
+                if t not in journal:
+                    journal.append(t)
+
+    @staticmethod
+    def _keep_old(target: Path, staged: Path) -> Path | None:
+        """A hard link to the file `target` holds now (None when absent), for a rollback; the
+        target must still be a regular file (not swapped for a symlink since the check)."""
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            raise OutputRefusedError(
+                f"output path {target} became {_kind(st.st_mode)} while the command ran; "
+                "nothing was replaced"
+            )
+        backup = staged.with_name(f".old-{staged.name}")
+        try:
+            os.link(target, backup)
+        except OSError:  # a file system without hard links: move the old file aside instead
+            os.replace(target, backup)
+        return backup
+
+
+def write_file(path: Path | str, data: bytes, *, force: bool = True) -> None:
+    """Write `data` to `path` through `Outputs`: checked, staged, renamed into place."""
+    path = Path(path)
+    with Outputs([path], force=force) as out:
+        out.write_bytes(path, data)
+        out.commit()
+
+
+class NpyWriter:
+    """Stream an array of a known shape into an .npy file batch by batch, so memory stays flat:
+    the header first (numpy.lib.format), then each batch's bytes appended in C order. The file is
+    staged and replaces `path` only once all rows have arrived.
+
+    >>> with NpyWriter(path, (n, 1, 28, 28)) as npy:
+    ...     for batch in batches:
+    ...         npy.write(batch)
+
+    Inside a command's own `Outputs`, pass it as `outputs`: the file is then staged there and
+    committed with the command's other files.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        shape: Sequence[int],
+        dtype: np.dtype[Any] | type = np.float32,
+        *,
+        outputs: Outputs | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.shape = tuple(int(d) for d in shape)
+        if not self.shape or any(d < 0 for d in self.shape):
+            raise InvalidArgumentError(f"array shape must be non-negative sizes, got {self.shape}")
+        self.dtype = np.dtype(dtype)
+        self.rows = 0
+        self._outputs = outputs
+        self._own: Outputs | None = None
+        self._file: BinaryIO | None = None
+
+    def __enter__(self) -> NpyWriter:
+        from numpy.lib import format as npy_format  # numpy loads this submodule lazily
+
+        outputs = self._outputs
+        if outputs is None:
+            outputs = self._own = Outputs([self.path]).__enter__()
+        try:
+            self._file = outputs.open(self.path)
+            header = {
+                "descr": npy_format.dtype_to_descr(self.dtype),
+                "fortran_order": False,
+                "shape": self.shape,
+            }
+            with naming(self.path):
+                npy_format.write_array_header_1_0(self._file, header)
+                self._reserve(self._file.tell() + math.prod(self.shape) * self.dtype.itemsize)
+        except BaseException as exc:
+            if self._own is not None:
+                self._own.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    def _reserve(self, size: int) -> None:
+        # Allocating the whole file up front is one cheap extent allocation instead of one per
+        # write (several times faster for 300 MB on ext4), and a full disk fails here, at once.
+        # What cannot fit is refused before allocating: posix_fallocate takes blocks until the
+        # disk is full before it fails, which for a moment starves every other writer.
+        assert self._file is not None
+        stats = os.statvfs(self._file.name)
+        free = stats.f_bavail * stats.f_frsize
+        if size > free:
+            raise OutputError(
+                f"{self.path}: {size:,} bytes do not fit on the disk ({free:,} free); "
+                "free some space or write fewer samples"
+            )
+        try:
+            os.posix_fallocate(self._file.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            # a file system without preallocation just grows the file as it is written
+
+    def write(self, batch: np.ndarray) -> None:
+        """Append `batch` (B, *shape[1:]) of the writer's dtype."""
+        if self._file is None:
+            raise InvalidArgumentError("NpyWriter.write outside its with-block")
+        if batch.shape[1:] != self.shape[1:] or batch.dtype != self.dtype:
+            raise InvalidArgumentError(
+                f"batch {batch.shape} {batch.dtype} does not fit {self.shape} {self.dtype}"
+            )
+        if self.rows + batch.shape[0] > self.shape[0]:
+            raise InvalidArgumentError(f"more than the {self.shape[0]} rows declared")
+        with naming(self.path):
+            self._file.write(memoryview(np.ascontiguousarray(batch)).cast("B"))
+        self.rows += batch.shape[0]
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        own, self._own = self._own, None
+        try:
+            if exc is None and self.rows != self.shape[0]:
+                raise InvalidArgumentError(  # an incomplete array is never committed
+                    f"{self.path}: {self.rows} of {self.shape[0]} declared rows were written"
+                )
+            if exc is None and own is not None:
+                own.commit()
+        except BaseException as error:
+            if own is not None:
+                own.__exit__(type(error), error, error.__traceback__)
+            raise
+        if own is not None:
+            own.__exit__(exc_type, exc, tb)

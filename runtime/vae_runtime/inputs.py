@@ -16,6 +16,9 @@ How an image file becomes a 28x28 input (CONVERSION, which the commands' --help 
 
 from __future__ import annotations
 
+import os
+import stat
+import struct
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,10 +26,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DataError, InvalidArgumentError
+from .errors import DataError, InvalidArgumentError, check_int
 from .idx import IMAGES_MAGIC, read_idx
 
 MAX_INPUT_PIXELS = 1 << 24  # 16 Mpx (e.g. 4096x4096): far above any digit photo, far below a bomb
+MAX_INPUTS = 1 << 20  # images read in one call: 800 MB as uint8
 CONVERSION = (
     "Image files (PNG, JPEG, ...; at most 16 Mpx) are converted to MNIST's form: transparency "
     "laid over white, greyscale (L), inverted if the border is light (so ink is white on "
@@ -42,9 +46,9 @@ _IDX_STARTS = (b"\x1f\x8b", b"\x00\x00\x08")  # gzip, or an uint8 IDX header
 
 def load_inputs(paths: Sequence[Path | str], limit: int) -> np.ndarray:
     """Read images from `paths` in order (image files, or IDX files of many images each) until
-    `limit` are collected: uint8 (N, 28, 28), 1 <= N <= limit. Files past the limit are not read."""
-    if limit < 1:
-        raise InvalidArgumentError(f"count must be >= 1, got {limit}")
+    `limit` are collected: uint8 (N, 28, 28), 1 <= N <= limit. Files past the limit are not read,
+    and of an IDX file only the images needed."""
+    check_int("count", limit, 1, MAX_INPUTS)
     if not paths:
         raise InvalidArgumentError("no input images given")
     chunks: list[np.ndarray] = []
@@ -52,15 +56,16 @@ def load_inputs(paths: Sequence[Path | str], limit: int) -> np.ndarray:
     for path in map(Path, paths):
         if taken >= limit:
             break
+        _check_regular(path)
         if _is_idx(path):
-            images = read_idx(path, IMAGES_MAGIC)  # (n, h, w)
+            images = read_idx(path, IMAGES_MAGIC, limit=limit - taken)  # (n, h, w)
             if images.shape[1:] != (_SIDE, _SIDE):
                 raise DataError(f"{path}: IDX images are {images.shape[1:]}, expected (28, 28)")
             if images.shape[0] == 0:
                 raise DataError(f"{path}: IDX file holds no images")
         else:
             images = read_image(path)[None]  # (1, 28, 28)
-        chunks.append(images[: limit - taken])
+        chunks.append(images)
         taken += chunks[-1].shape[0]
     return np.ascontiguousarray(np.concatenate(chunks))
 
@@ -68,6 +73,7 @@ def load_inputs(paths: Sequence[Path | str], limit: int) -> np.ndarray:
 def read_image(path: Path | str) -> np.ndarray:
     """One image file -> uint8 (28, 28), white ink on black (the module docstring's steps)."""
     path = Path(path)
+    _check_regular(path)
     with warnings.catch_warnings():
         # Pillow only warns between its own limit and twice it; make that a refusal too.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -81,12 +87,6 @@ def read_image(path: Path | str) -> np.ndarray:
                     )
                 image.seek(0)
                 grey = _to_grey(image)
-        except FileNotFoundError:
-            raise DataError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise DataError(f"{path}: is a folder, expected an image or IDX file") from None
-        except PermissionError:
-            raise DataError(f"{path}: permission denied") from None
         except UnidentifiedImageError:
             raise DataError(f"{path}: not an image (PNG, JPEG, ...) nor an IDX file") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -94,9 +94,26 @@ def read_image(path: Path | str) -> np.ndarray:
                 f"{path}: image is far too large (a decompression bomb?); refused without "
                 f"decoding it (cap {MAX_INPUT_PIXELS:,} pixels)"
             ) from None
-        except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt pixel data
+        except OSError as exc:  # unreadable (gone since the check, no permission) or truncated
+            reason = exc.strerror or " ".join(str(exc).split())[:120]
+            raise DataError(f"{path}: cannot read the image: {reason}") from None
+        except (ValueError, SyntaxError, struct.error) as exc:  # corrupt pixel data or header
             raise DataError(f"{path}: corrupt image data ({exc})") from None
     return fit_mnist(grey)
+
+
+def _check_regular(path: Path) -> None:
+    """Refuse what is not a regular file before opening it (opening a FIFO blocks forever)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{path}: is a folder, expected an image or IDX file")
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: is not a regular file, expected an image or IDX file")
 
 
 def _is_idx(path: Path) -> bool:

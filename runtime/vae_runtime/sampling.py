@@ -1,28 +1,55 @@
-"""Latent sampling and interpolation, shared by the torch and onnxruntime sides.
+"""Latent sampling and interpolation, shared by the torch and onnxruntime sides, and their rules.
 
 The contract: `sample_latents(n, d, seed, temperature)` is numpy's `default_rng(seed)` drawing
 float64 standard normals in row-major order, scaled, then cast to float32. Drawing the same rows
 in batches (`iter_latents`) yields exactly the same numbers, so a 100,000-image stream and a
 5x5 grid from the same seed start with the same latents.
+
+Each argument rule is written once, here, in the function that needs it (`check_sampling`,
+`check_batch_size`); the commands call those before loading anything.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
-from .errors import InvalidArgumentError
+from .contract import MAX_LATENT_DIM
+from .errors import InvalidArgumentError, check_float, check_int
+
+MAX_SEED = 2**63 - 1  # torch's generators take the same seeds (training draws samples.png too)
+MAX_TEMPERATURE = 1000.0  # far past where the sigmoid saturates; keeps every latent finite
+MAX_SAMPLES = 10**9  # per stream (iter_latents, vae-generate --npy): 3 TB of images
+MAX_BATCH_SIZE = 1 << 16  # rows per graph run: 200 MB of images at most
+MAX_IN_MEMORY_BYTES = 1 << 31  # arrays returned whole (sample_latents, Decoder.sample): 2 GiB
+MAX_STEPS = 10_000  # interpolation steps
+DEFAULT_STREAM_BATCH = 4096
 
 
-def _check_sampling_args(n: int, latent_dim: int, temperature: float) -> None:
-    if n < 0:
-        raise InvalidArgumentError(f"number of samples must be >= 0, got {n}")
-    if latent_dim < 1:
-        raise InvalidArgumentError(f"latent size must be >= 1, got {latent_dim}")
-    if not math.isfinite(temperature) or temperature < 0:
-        raise InvalidArgumentError(f"temperature must be a finite number >= 0, got {temperature}")
+def check_sampling(n: int, seed: int, temperature: float, latent_dim: int = 1) -> None:
+    """The rules of a draw: 0 <= n <= MAX_SAMPLES, 0 <= seed <= MAX_SEED, temperature finite in
+    [0, MAX_TEMPERATURE], 1 <= latent_dim <= MAX_LATENT_DIM. Raises InvalidArgumentError."""
+    check_int("count", n, 0, MAX_SAMPLES)
+    check_int("seed", seed, 0, MAX_SEED)
+    check_float("temperature", temperature, 0.0, MAX_TEMPERATURE)
+    check_int("latent size", latent_dim, 1, MAX_LATENT_DIM)
+
+
+def check_batch_size(batch_size: int) -> int:
+    """Rows per graph run: 1..MAX_BATCH_SIZE."""
+    return check_int("batch size", batch_size, 1, MAX_BATCH_SIZE)
+
+
+def check_in_memory(n: int, row_bytes: int, what: str) -> None:
+    """Refuse an array of `n` rows that would pass MAX_IN_MEMORY_BYTES, pointing at streaming."""
+    if n * row_bytes > MAX_IN_MEMORY_BYTES:
+        raise InvalidArgumentError(
+            f"{n:,} {what} need {n * row_bytes:,} bytes, above the {MAX_IN_MEMORY_BYTES:,} "
+            "returned whole; stream them (iter_latents, Decoder.iter_samples) instead"
+        )
 
 
 def _draw(rng: np.random.Generator, n: int, latent_dim: int, temperature: float) -> np.ndarray:
@@ -34,42 +61,65 @@ def _draw(rng: np.random.Generator, n: int, latent_dim: int, temperature: float)
 
 def sample_latents(n: int, latent_dim: int, seed: int, temperature: float = 1.0) -> np.ndarray:
     """Draw `n` latents from N(0, temperature^2 I): float32 array of shape (n, latent_dim)."""
-    _check_sampling_args(n, latent_dim, temperature)
+    check_sampling(n, seed, temperature, latent_dim)
+    check_in_memory(n, latent_dim * 8, "latents")  # drawn as float64 first
     return _draw(np.random.default_rng(seed), n, latent_dim, temperature)
 
 
 def iter_latents(
-    n: int, latent_dim: int, seed: int, temperature: float = 1.0, batch_size: int = 4096
+    n: int,
+    latent_dim: int,
+    seed: int,
+    temperature: float = 1.0,
+    batch_size: int = DEFAULT_STREAM_BATCH,
 ) -> Iterator[np.ndarray]:
     """Yield the rows of `sample_latents(n, ...)` in batches of at most `batch_size`."""
-    _check_sampling_args(n, latent_dim, temperature)
-    if batch_size < 1:
-        raise InvalidArgumentError(f"batch size must be >= 1, got {batch_size}")
+    check_sampling(n, seed, temperature, latent_dim)
+    check_batch_size(batch_size)
+    return _stream(n, latent_dim, seed, temperature, batch_size)
+
+
+def _stream(
+    n: int, latent_dim: int, seed: int, temperature: float, batch_size: int
+) -> Iterator[np.ndarray]:
     rng = np.random.default_rng(seed)
     for start in range(0, n, batch_size):
         yield _draw(rng, min(batch_size, n - start), latent_dim, temperature)
 
 
-def interpolate(z0: np.ndarray, z1: np.ndarray, steps: int, method: str = "slerp") -> np.ndarray:
+def _as_latent(z: Any, name: str) -> np.ndarray:
+    try:
+        a = np.asarray(z)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"{name} must be a numeric vector ({exc})") from None
+    if a.dtype.kind not in "fiu" or a.ndim != 1 or a.size == 0:
+        raise InvalidArgumentError(
+            f"{name} must be a non-empty 1-D numeric vector, got {a.dtype} of shape {a.shape}"
+        )
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise InvalidArgumentError(f"{name} contains NaN or infinite values")
+    return a
+
+
+def interpolate(z0: Any, z1: Any, steps: int, method: str = "slerp") -> np.ndarray:
     """Latents on the path from `z0` to `z1` (both (d,)), ends included: float32 (steps, d).
 
     "lerp" walks the straight line. "slerp" walks the great circle and interpolates the norm
     linearly: under a Gaussian prior, the straight line's midpoint has a norm far below typical
     samples (it passes near the mode, which decodes to blurry averages), the arc does not.
     """
-    if steps < 2:
-        raise InvalidArgumentError(f"interpolation steps must be >= 2, got {steps}")
+    check_int("steps", steps, 2, MAX_STEPS)
     if method not in ("lerp", "slerp"):
         raise InvalidArgumentError(
             f"interpolation method must be 'lerp' or 'slerp', got {method!r}"
         )
-    a = np.asarray(z0, dtype=np.float64).reshape(-1)
-    b = np.asarray(z1, dtype=np.float64).reshape(-1)
+    a, b = _as_latent(z0, "z0"), _as_latent(z1, "z1")
     if a.shape != b.shape:
         raise InvalidArgumentError(f"latents differ in size: {a.shape[0]} and {b.shape[0]}")
     t = np.linspace(0.0, 1.0, steps)[:, None]  # (steps, 1)
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if method == "lerp" or na == 0.0 or nb == 0.0:
+    if method == "lerp" or na == 0.0 or nb == 0.0 or not math.isfinite(na * nb):
         return ((1 - t) * a + t * b).astype(np.float32)
     ua, ub = a / na, b / nb
     omega = math.acos(float(np.clip(ua @ ub, -1.0, 1.0)))
@@ -88,10 +138,10 @@ def manifold_latents(rows: int, cols: int, temperature: float = 1.0) -> np.ndarr
     Cell centres sit at Gaussian quantiles (i + 0.5) / n, so each cell covers an equal share of
     the prior's mass, as in Kingma & Welling's manifold figures; `temperature` scales the plane.
     """
-    for name, value in (("rows", rows), ("cols", cols)):
-        if value < 1:
-            raise InvalidArgumentError(f"{name} must be >= 1, got {value}")
-    _check_sampling_args(rows * cols, 2, temperature)
+    check_int("rows", rows, 1, MAX_STEPS)
+    check_int("cols", cols, 1, MAX_STEPS)
+    check_float("temperature", temperature, 0.0, MAX_TEMPERATURE)
+    check_in_memory(rows * cols, 2 * 8, "lattice points")
     from statistics import NormalDist  # 4 ms of imports that only the manifold needs
 
     inv_cdf = NormalDist().inv_cdf

@@ -1,18 +1,18 @@
 """ONNX Runtime sessions for the exported graphs: load, check against the contract, run.
 
-`Decoder.load(path)` and `Encoder.load(path)` read the file once, check its SHA-256 against a
-`manifest.json` beside it (when there is one listing the file), build the session from the bytes
-read, and check the graph's metadata role, input/output names, dtypes and shapes against
-`contract.py`. Whatever is wrong comes back as a ModelFileError saying what was expected and
-what was found, never as an onnxruntime stack trace.
+`Decoder.load(path)` and `Encoder.load(path)` read the file once, check it against the
+`manifest.json` beside it (when there is one: a file it does not list, or whose SHA-256 differs,
+is refused), build the session from the bytes read, and check the graph's metadata role,
+input/output names, dtypes and shapes against `contract.py`. Whatever is wrong comes back as a
+ModelFileError saying what was expected and what was found, never as an onnxruntime stack trace.
+Arguments are checked the same way: a wrong shape, dtype or range is an InvalidArgumentError,
+never a wrong answer.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,37 +26,38 @@ from .contract import (
     ENCODER_INPUT,
     ENCODER_OUTPUTS,
     IMAGE_SHAPE,
-    MANIFEST_FILE,
-    MANIFEST_FILES,
-    MANIFEST_SHA256,
+    FileEntry,
     GraphInfo,
+    Manifest,
     parse_metadata,
 )
-from .errors import InvalidArgumentError, ModelFileError, NumericalError
-from .sampling import iter_latents
+from .errors import InvalidArgumentError, ModelFileError, NumericalError, check_int
+from .sampling import check_batch_size, check_in_memory, iter_latents
 
 if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are never evaluated at run time
     from typing_extensions import Self
 
 DEFAULT_PROVIDER = "CPUExecutionProvider"
-_Args = tuple[tuple[str, tuple[int, ...]], ...]  # (name, dims after the batch axis) per argument
 DEFAULT_BATCH_SIZE = 1024  # rows per run: large enough to keep the matmuls efficient, ~3 MB out
+LATENT_LIMIT = 1e4  # |z| past this is no sample of the prior; a NaN image then blames z
+_MAX_GRAPH_BYTES = 1 << 31  # protobuf's own limit for one serialized model
 _FLOAT = "tensor(float)"
+_Args = tuple[tuple[str, tuple[int, ...]], ...]  # (name, dims after the batch axis) per argument
 
 
 def cpu_count() -> int:
     """Cores this process may run on (the affinity mask, not the machine's total)."""
     try:
         return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
+    except AttributeError:  # pragma: no cover  (macOS and Windows have no affinity call)
         return os.cpu_count() or 1
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """The options every mnist-vae session runs with (the exporter verifies under them too):
-    all graph optimisations, sequential, `threads` intra-op threads (default: one per core)."""
-    if threads is not None and threads < 1:
-        raise InvalidArgumentError(f"threads must be >= 1, got {threads}")
+    """The options every mnist-vae session runs with (export verification included): all graph
+    optimisations, sequential, `threads` intra-op threads (1..cpu_count(), default: all)."""
+    if threads is not None:
+        check_int("threads", threads, 1, cpu_count())
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Two matmuls in a chain: nothing runs in parallel across nodes, so one inter-op thread and
@@ -68,7 +69,9 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return options
 
 
-def _check_providers(providers: Sequence[str] | None) -> list[str]:
+def check_providers(providers: Sequence[str] | None) -> list[str]:
+    """The execution providers to ask for, the CPU last; an unknown name is refused with the
+    list of those this onnxruntime has."""
     if not providers:
         return [DEFAULT_PROVIDER]
     available = ort.get_available_providers()
@@ -82,41 +85,28 @@ def _check_providers(providers: Sequence[str] | None) -> list[str]:
     return [*providers, DEFAULT_PROVIDER] if DEFAULT_PROVIDER not in providers else list(providers)
 
 
-def _read_checked(path: Path) -> bytes:
-    """The file's bytes, after checking its SHA-256 against a manifest.json beside it."""
-    if not path.exists():
-        raise ModelFileError(f"{path}: no such file; export one with `vae-export model.pt`")
-    if path.is_dir():
-        raise ModelFileError(f"{path}: is a folder, expected an .onnx file")
+def _read_graph(path: Path) -> tuple[bytes, Manifest | None]:
+    """The file's bytes, checked against the manifest.json beside it, if any (returned too)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ModelFileError(
+            f"{path}: no such file; export one with `vae-export model.pt`"
+        ) from None
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelFileError(f"{path}: is not a regular file, expected an .onnx graph")
+    if st.st_size > _MAX_GRAPH_BYTES:
+        raise ModelFileError(f"{path}: {st.st_size:,} bytes, larger than any ONNX graph can be")
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ModelFileError(f"{path}: cannot be read: {exc.strerror}") from None
-    manifest = path.parent / MANIFEST_FILE
-    if manifest.is_file():
-        expected = _manifest_sha256(manifest, path.name)
-        if expected is not None:
-            found = hashlib.sha256(data).hexdigest()
-            if found != expected.lower():
-                raise ModelFileError(
-                    f"{path}: SHA-256 {found[:16]}... does not match {expected[:16]}... listed in "
-                    f"{manifest}; the file was modified or comes from another export "
-                    "(re-export, or move the graph away from that manifest)"
-                )
-    return data
-
-
-def _manifest_sha256(manifest: Path, name: str) -> str | None:
-    """The SHA-256 `manifest` lists for file `name`, or None when it does not list the file."""
-    try:
-        content = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelFileError(f"{manifest}: unreadable manifest beside the graph ({exc})") from None
-    files = content.get(MANIFEST_FILES) if isinstance(content, dict) else None
-    entry = files.get(name) if isinstance(files, dict) else None
-    if not isinstance(entry, dict) or MANIFEST_SHA256 not in entry:
-        return None
-    return str(entry[MANIFEST_SHA256])
+    manifest = Manifest.beside(path)
+    if manifest is not None:
+        manifest.verify(path, data)
+    return data, manifest
 
 
 def _shape_text(shape: Sequence[Any]) -> str:
@@ -139,25 +129,18 @@ def _check_arg(path: Path, kind: str, arg: Any, name: str, dims: tuple[int, ...]
         )
 
 
-def _check_finite(array: np.ndarray, path: Path, name: str) -> None:
-    # One float sum is much cheaper than isfinite() over the array and is NaN/inf whenever any
-    # element is; an overflowing sum of finite values is re-checked element-wise.
-    if not math.isfinite(array.sum()) and not np.isfinite(array).all():
-        raise NumericalError(
-            f"{path}: output {name!r} contains NaN or infinite values; the graph is broken "
-            "(re-export it from a healthy model.pt)"
-        )
-
-
 class _Graph:
-    """What encoder and decoder share: the checked session, its path and metadata."""
+    """What encoder and decoder share: the checked session, its path, metadata and precision."""
 
     role = ""
 
-    def __init__(self, session: ort.InferenceSession, path: Path, info: GraphInfo) -> None:
+    def __init__(
+        self, session: ort.InferenceSession, path: Path, info: GraphInfo, entry: FileEntry | None
+    ) -> None:
         self._session = session
         self.path = path
         self.info = info
+        self.precision = entry.precision if entry is not None else "fp32"
 
     @property
     def latent_dim(self) -> int:
@@ -180,28 +163,10 @@ class _Graph:
         """Load `path` and check it against the contract. `providers`: onnxruntime execution
         providers (default CPU); `threads`: intra-op threads (default: one per available core).
         Raises ModelFileError for a wrong, foreign, corrupt or modified file."""
-        session, path, info = cls._open(path, providers, threads)
-        want_in, want_out = cls._io(info.latent_dim)
-        inputs, outputs = session.get_inputs(), session.get_outputs()
-        if len(inputs) != len(want_in) or len(outputs) != len(want_out):
-            raise ModelFileError(
-                f"{path}: inputs {[a.name for a in inputs]} and outputs "
-                f"{[a.name for a in outputs]}, expected {[n for n, _ in want_in]} and "
-                f"{[n for n, _ in want_out]}"
-            )
-        for kind, args, wanted in (("input", inputs, want_in), ("output", outputs, want_out)):
-            for arg, (name, dims) in zip(args, wanted, strict=True):
-                _check_arg(path, kind, arg, name, dims)
-        return cls(session, path, info)
-
-    @classmethod
-    def _open(
-        cls, path: Path | str, providers: Sequence[str] | None, threads: int | None
-    ) -> tuple[ort.InferenceSession, Path, GraphInfo]:
         path = Path(path)
         options = session_options(threads)
-        chosen = _check_providers(providers)
-        data = _read_checked(path)
+        chosen = check_providers(providers)
+        data, manifest = _read_graph(path)
         try:
             session = ort.InferenceSession(data, options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own types (Fail, InvalidProtobuf, ...)
@@ -217,14 +182,94 @@ class _Graph:
                 f"{path}: is an mnist-vae {info.role} graph, expected {a[cls.role]} {cls.role} "
                 f"(pass {info.role}.onnx where {a[info.role]} {info.role} is asked for)"
             )
-        return session, path, info
+        entry = None
+        if manifest is not None:
+            entry = manifest.files[path.name]
+            if entry.role not in ("", cls.role) or manifest.latent_dim != info.latent_dim:
+                raise ModelFileError(
+                    f"{path}: a {cls.role} of latent size {info.latent_dim}, but {manifest.path} "
+                    f"lists it as {entry.role or 'a graph'} of latent size {manifest.latent_dim}"
+                )
+        want_in, want_out = cls._io(info.latent_dim)
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != len(want_in) or len(outputs) != len(want_out):
+            raise ModelFileError(
+                f"{path}: inputs {[a.name for a in inputs]} and outputs "
+                f"{[a.name for a in outputs]}, expected {[n for n, _ in want_in]} and "
+                f"{[n for n, _ in want_out]}"
+            )
+        for kind, args, wanted in (("input", inputs, want_in), ("output", outputs, want_out)):
+            for arg, (name, dims) in zip(args, wanted, strict=True):
+                _check_arg(path, kind, arg, name, dims)
+        return cls(session, path, info, entry)
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
-            return self._session.run(None, feed)
+            return list(self._session.run(None, feed))
         except Exception as exc:  # a graph that loads but cannot run on this input
             detail = " ".join(str(exc).split())[:200]
             raise ModelFileError(f"{self.path}: running the graph failed: {detail}") from None
+
+    def _finite(self, array: np.ndarray, name: str, given: np.ndarray) -> np.ndarray:
+        # One float sum is much cheaper than isfinite() over the array and is NaN/inf whenever
+        # any element is; an overflowing sum of finite values is re-checked element-wise.
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(array.sum()) or np.isfinite(array).all():
+                return array
+        largest = float(np.abs(given).max(initial=0.0))
+        if largest > LATENT_LIMIT:
+            raise InvalidArgumentError(
+                f"inputs as large as {largest:.3g} make {self.path} overflow to NaN; they are far "
+                f"outside the prior (|z| of a sample stays below ~10): scale them down"
+            )
+        raise NumericalError(
+            f"{self.path}: output {name!r} contains NaN or infinite values; the graph is broken "
+            "(re-export it from a healthy model.pt)"
+        )
+
+
+def _latents(z: Any, latent_dim: int) -> np.ndarray:
+    """Latents as contiguous float32 (N, latent_dim), finite; anything else is refused."""
+    array = np.asarray(z)
+    if array.dtype.kind not in "fiu" or array.ndim != 2 or array.shape[1] != latent_dim:
+        raise InvalidArgumentError(
+            f"latents must be numbers of shape (N, {latent_dim}), got {array.dtype} {array.shape}"
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        z32 = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(z32).all():
+        raise InvalidArgumentError("latents contain NaN or values beyond float32's range")
+    return z32
+
+
+def _images(images: Any) -> np.ndarray:
+    """uint8 images (0-255) or float images in [0, 1], of shape (N, 28, 28), (N, 1, 28, 28) or
+    (28, 28) -> contiguous float32 (N, 1, 28, 28) in [0, 1]; anything else is refused."""
+    array = np.asarray(images)
+    if array.ndim == 2:
+        array = array[None]
+    ok_shape = array.ndim in (3, 4) and array.shape[-2:] == IMAGE_SHAPE[1:]
+    if not ok_shape or (array.ndim == 4 and array.shape[1] != 1):
+        raise InvalidArgumentError(
+            f"images must have shape (N, 28, 28) or (N, 1, 28, 28), got {array.shape}"
+        )
+    if array.dtype == np.uint8:
+        x = array.astype(np.float32) / np.float32(255.0)
+    elif array.dtype.kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = array.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise InvalidArgumentError("images contain NaN or infinite pixels")
+        if x.size and (x.min() < 0.0 or x.max() > 1.0):
+            raise InvalidArgumentError(
+                f"float image pixels must be in [0, 1], got {x.min():g}..{x.max():g} (for 0-255 "
+                "pixels pass a uint8 array, or divide by 255)"
+            )
+    else:
+        raise InvalidArgumentError(
+            f"images must be uint8 (0-255) or float (0-1) arrays, got {array.dtype}"
+        )
+    return np.ascontiguousarray(x.reshape(x.shape[0], *IMAGE_SHAPE))
 
 
 class Decoder(_Graph):
@@ -240,10 +285,12 @@ class Decoder(_Graph):
     def _io(latent_dim: int) -> tuple[_Args, _Args]:
         return ((DECODER_INPUT, (latent_dim,)),), ((DECODER_OUTPUT, IMAGE_SHAPE),)
 
-    def decode(self, z: np.ndarray, *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    def decode(self, z: Any, *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """Decode latents (N, latent_dim) -> float32 images (N, 1, 28, 28), `batch_size` rows
         per run. Raises NumericalError if the graph emits NaN or inf."""
-        z = self._check_latents(z)
+        check_batch_size(batch_size)
+        z = _latents(z, self.latent_dim)
+        check_in_memory(z.shape[0], 4 * 28 * 28, "images")
         if z.shape[0] <= batch_size:
             return self._decode_batch(z)
         out = np.empty((z.shape[0], *IMAGE_SHAPE), dtype=np.float32)
@@ -251,14 +298,15 @@ class Decoder(_Graph):
             out[start : start + batch_size] = self._decode_batch(z[start : start + batch_size])
         return out
 
-    def iter_decode(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    def iter_decode(self, batches: Iterable[Any]) -> Iterator[np.ndarray]:
         """Decode a stream of latent batches, one image batch (B, 1, 28, 28) per latent batch."""
         for z in batches:
-            yield self._decode_batch(self._check_latents(z))
+            yield self._decode_batch(_latents(z, self.latent_dim))
 
     def sample(self, n: int, seed: int = 0, temperature: float = 1.0) -> np.ndarray:
         """Decode `n` latents drawn from N(0, temperature^2 I) with `seed` (as `sample_latents`):
         float32 (n, 1, 28, 28)."""
+        check_in_memory(check_int("count", n, 0), 4 * 28 * 28, "images")
         batches = list(self.iter_samples(n, seed, temperature))
         return np.concatenate(batches) if batches else np.empty((0, *IMAGE_SHAPE), np.float32)
 
@@ -272,18 +320,9 @@ class Decoder(_Graph):
         """`sample(n, ...)` as a stream of (B, 1, 28, 28) batches, memory flat in `n`."""
         return self.iter_decode(iter_latents(n, self.latent_dim, seed, temperature, batch_size))
 
-    def _check_latents(self, z: np.ndarray) -> np.ndarray:
-        z = np.asarray(z, dtype=np.float32)
-        if z.ndim != 2 or z.shape[1] != self.latent_dim:
-            raise InvalidArgumentError(
-                f"latents must have shape (N, {self.latent_dim}) for {self.path}, got {z.shape}"
-            )
-        return np.ascontiguousarray(z)
-
     def _decode_batch(self, z: np.ndarray) -> np.ndarray:
         (images,) = self._run({DECODER_INPUT: z})
-        _check_finite(images, self.path, DECODER_OUTPUT)
-        return images
+        return self._finite(images, DECODER_OUTPUT, z)
 
 
 class Encoder(_Graph):
@@ -296,38 +335,22 @@ class Encoder(_Graph):
         return ((ENCODER_INPUT, IMAGE_SHAPE),), tuple((n, (latent_dim,)) for n in ENCODER_OUTPUTS)
 
     def encode(
-        self, images: np.ndarray, *, batch_size: int = DEFAULT_BATCH_SIZE
+        self, images: Any, *, batch_size: int = DEFAULT_BATCH_SIZE
     ) -> tuple[np.ndarray, np.ndarray]:
         """Images -> (mu, logvar), each float32 (N, latent_dim). `images`: uint8 (N, 28, 28)
         (0-255, as IDX files and PNGs hold them) or float (N, 1, 28, 28) / (N, 28, 28) in [0, 1]."""
-        x = _as_float_images(images)
+        check_batch_size(batch_size)
+        x = _images(images)
         mus, logvars = [], []
         for start in range(0, max(x.shape[0], 1), batch_size):
-            mu, logvar = self._run({ENCODER_INPUT: x[start : start + batch_size]})
-            _check_finite(mu, self.path, ENCODER_OUTPUTS[0])
-            _check_finite(logvar, self.path, ENCODER_OUTPUTS[1])
-            mus.append(mu)
-            logvars.append(logvar)
+            batch = x[start : start + batch_size]
+            mu, logvar = self._run({ENCODER_INPUT: batch})
+            mus.append(self._finite(mu, ENCODER_OUTPUTS[0], batch))
+            logvars.append(self._finite(logvar, ENCODER_OUTPUTS[1], batch))
         return np.concatenate(mus), np.concatenate(logvars)
 
 
-def _as_float_images(images: np.ndarray) -> np.ndarray:
-    """uint8 or float images of 28x28 -> contiguous float32 (N, 1, 28, 28) in [0, 1]."""
-    images = np.asarray(images)
-    if images.ndim == 2:
-        images = images[None]
-    if images.shape[-2:] != IMAGE_SHAPE[1:] or images.ndim not in (3, 4):
-        raise InvalidArgumentError(
-            f"images must have shape (N, 28, 28) or (N, 1, 28, 28), got {images.shape}"
-        )
-    if images.dtype == np.uint8:
-        x = images.astype(np.float32) / np.float32(255.0)
-    else:
-        x = images.astype(np.float32, copy=False)
-    return np.ascontiguousarray(x.reshape(x.shape[0], *IMAGE_SHAPE))
-
-
-def reconstruct(encoder: Encoder, decoder: Decoder, images: np.ndarray) -> np.ndarray:
+def reconstruct(encoder: Encoder, decoder: Decoder, images: Any) -> np.ndarray:
     """Encode `images` and decode their means (no sampling, so it is deterministic):
     float32 (N, 1, 28, 28). Raises ModelFileError if the two graphs' latent sizes differ."""
     check_pair(encoder, decoder)

@@ -1,53 +1,56 @@
-"""What each runtime command does, as one library function each: check every argument and output
-path first (cheap, before a model is loaded or memory allocated), then load, compute, write.
+"""What each runtime command does, as one library function each: check every argument and every
+output path first (cheap: before a graph is loaded or memory allocated), then load, compute, and
+write all outputs as one set (`fileio.Outputs`).
 
-`write_samples` streams: latents are drawn in batches (`iter_latents`, equal to `sample_latents`),
-decoded batch by batch and appended to the .npy file, so 100,000 samples need no more memory
-than one batch. Every file is written to a temporary name and renamed into place when whole.
+The rules themselves live in the functions that need them (`grid_size`, `check_sampling`,
+`check_batch_size`, ...); these functions call them early, they do not restate them.
+`write_samples` streams: latents are drawn in batches (`iter_latents`, equal to
+`sample_latents`), decoded batch by batch and appended to the .npy file, so 100,000 samples need
+no more memory than one batch.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
-from .contract import IMAGE_SHAPE
-from .errors import InvalidArgumentError
-from .fileio import check_output_dir, check_output_file
+from .contract import IMAGE_SHAPE, MANIFEST_FILE
+from .errors import InvalidArgumentError, check_int
+from .fileio import NpyWriter, Outputs
 from .images import (
     MAX_GRID_PIXELS,
-    NpyWriter,
+    MAX_SCALE,
+    check_frame_ms,
+    gif_bytes,
     grid_size,
-    save_gif,
-    save_image_files,
-    save_png,
+    image_file_names,
+    png_bytes,
     tile,
     to_uint8,
     upscale,
 )
 from .inputs import load_inputs
-from .sampling import _check_sampling_args, interpolate, manifold_latents, sample_latents
-from .session import DEFAULT_BATCH_SIZE, Decoder, Encoder, check_pair
+from .sampling import (
+    MAX_STEPS,
+    check_batch_size,
+    check_sampling,
+    interpolate,
+    manifold_latents,
+    sample_latents,
+)
+from .session import DEFAULT_BATCH_SIZE, Decoder, Encoder, check_pair, session_options
 
+MAX_IMAGE_FILES = 100_000  # --images-dir: one PNG per image, each staged, then renamed
 _SIDE = IMAGE_SHAPE[1]
 
 
-def _check_outputs(*paths: Path | None) -> None:
-    given = [Path(p) for p in paths if p is not None]
-    for path in given:
-        check_output_file(path)
-    resolved = [p.resolve() for p in given]
-    if len(set(resolved)) != len(resolved):
-        raise InvalidArgumentError(f"two outputs share one path: {[str(p) for p in given]}")
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if batch_size < 1:
-        raise InvalidArgumentError(f"batch size must be >= 1, got {batch_size}")
+def _graph_reads(*graphs: Path | None) -> list[Path]:
+    """The files loading these graphs reads: each graph and the manifest beside it."""
+    given = [Path(g) for g in graphs if g is not None]
+    return [*given, *(g.parent / MANIFEST_FILE for g in given)]
 
 
 def write_samples(
@@ -72,54 +75,77 @@ def write_samples(
     rows * cols as a grid PNG at `out` (None: no grid), all of them to `npy` (float32
     (count, 1, 28, 28)) and/or one PNG each into `images_dir`. With `manifold`, decode the
     rows x cols lattice of `manifold_latents` instead (latent size 2 only). Returns a summary."""
-    grid_size(rows, cols, _SIDE, _SIDE, padding, scale)  # validates and applies the cap
+    grid_size(rows, cols, _SIDE, _SIDE, padding, scale)  # the grid's rules and pixel cap
     if manifold and count is not None:
         raise InvalidArgumentError("--count does not apply to --manifold (rows x cols decide)")
     n = rows * cols if count is None else count
-    _check_sampling_args(n, 1, temperature)
-    if n < 1:
-        raise InvalidArgumentError(f"count must be >= 1, got {n}")
-    _check_batch_size(batch_size)
-    _check_outputs(out, npy)
+    check_sampling(n, seed, temperature)
+    check_int("count", n, 1)
+    if out is not None and npy is None and images_dir is None and n > rows * cols:
+        raise InvalidArgumentError(
+            f"--count {n:,} decodes more images than the {rows}x{cols} grid shows; keep them "
+            "with --npy or --images-dir, or drop --count"
+        )
     if images_dir is not None:
-        check_output_dir(Path(images_dir))
+        check_int("count with --images-dir", n, 1, MAX_IMAGE_FILES)
+    check_batch_size(batch_size)
+    session_options(threads)
     if out is None and npy is None and images_dir is None:
         raise InvalidArgumentError("nothing to write: give a grid --out, --npy or --images-dir")
+    names = image_file_names("sample", n) if images_dir is not None else []
+    files = [Path(images_dir) / name for name in names] if images_dir is not None else []
+    targets = [p for p in (npy, *files, out) if p is not None]
 
-    decoder = Decoder.load(decoder_path, providers=providers, threads=threads)
-    if manifold:
-        if decoder.latent_dim != 2:
-            raise InvalidArgumentError(
-                f"--manifold needs a latent size of 2, {decoder.path} has {decoder.latent_dim}"
-            )
-        lattice = manifold_latents(rows, cols, temperature)  # (rows * cols, 2)
-        batches = decoder.iter_decode(_chunks(lattice, batch_size))
-    else:
-        batches = decoder.iter_samples(n, seed, temperature, batch_size)
-
-    shown = min(n, rows * cols) if out is not None else 0
-    grid_cells: list[np.ndarray] = []  # uint8 (B, 28, 28) pieces of the first `shown` images
-    digits = max(5, len(str(n - 1)))
-    with ExitStack() as stack:
-        writer = stack.enter_context(NpyWriter(npy, (n, *IMAGE_SHAPE))) if npy else None
-        done = 0
-        for batch in batches:  # (B, 1, 28, 28) float32
-            if writer is not None:
-                writer.write(batch)
-            if images_dir is not None:
-                save_image_files(
-                    batch, images_dir, prefix="sample", start=done, digits=digits, scale=scale
+    with Outputs(targets, reads=_graph_reads(decoder_path), create_dirs=True) as outputs:
+        decoder = Decoder.load(decoder_path, providers=providers, threads=threads)
+        if manifold:
+            if decoder.latent_dim != 2:
+                raise InvalidArgumentError(
+                    f"--manifold needs a latent size of 2, {decoder.path} has {decoder.latent_dim}"
                 )
-            if done < shown:
-                grid_cells.append(to_uint8(batch[: shown - done]))
-            done += batch.shape[0]
-    if out is not None:
-        save_png(tile(np.concatenate(grid_cells), rows, cols, padding, scale), out)
+            lattice = manifold_latents(rows, cols, temperature)  # (rows * cols, 2)
+            batches = decoder.iter_decode(_chunks(lattice, batch_size))
+        else:
+            batches = decoder.iter_samples(n, seed, temperature, batch_size)
+        shown = min(n, rows * cols) if out is not None else 0
+        cells: list[np.ndarray] = []  # uint8 (B, 28, 28) pieces of the first `shown` images
+        with (
+            NpyWriter(npy, (n, *IMAGE_SHAPE), outputs=outputs)
+            if npy is not None
+            else _Nothing() as writer
+        ):
+            done = 0
+            for batch in batches:  # (B, 1, 28, 28) float32
+                writer.write(batch)
+                pixels = to_uint8(batch)
+                for offset, image in enumerate(upscale(pixels, scale) if files else ()):
+                    outputs.write_bytes(files[done + offset], png_bytes(image))
+                if done < shown:
+                    cells.append(pixels[: shown - done])
+                done += batch.shape[0]
+        if out is not None:
+            outputs.write_bytes(
+                out, png_bytes(tile(np.concatenate(cells), rows, cols, padding, scale))
+            )
+        outputs.commit()
     what = "manifold" if manifold else f"seed {seed}, temperature {temperature:g}"
     written = [str(p) for p in (out, npy) if p is not None]
     if images_dir is not None:
         written.append(f"{n} files in {images_dir}")
     return f"{n} images ({what}) -> {', '.join(written)}"
+
+
+class _Nothing:
+    """A stand-in writer for when no .npy is asked for."""
+
+    def __enter__(self) -> _Nothing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def write(self, batch: np.ndarray) -> None:
+        return None
 
 
 def write_interpolation(
@@ -147,55 +173,64 @@ def write_interpolation(
     samples (`from_seed`, `to_seed`, at `temperature`), or, with `encoder_path`, the latent means
     of the first two images in `inputs`. Writes a grid PNG (`cols` per row, default all in one
     row), an animated GIF that goes there and back, and/or the float32 images as .npy."""
-    if steps < 2:
-        raise InvalidArgumentError(f"steps must be >= 2, got {steps}")
+    check_int("steps", steps, 2, MAX_STEPS)
     if method not in ("lerp", "slerp"):
         raise InvalidArgumentError(f"method must be 'lerp' or 'slerp', got {method!r}")
-    cols = steps if cols is None else cols
-    grid_size(math.ceil(steps / max(cols, 1)), cols, _SIDE, _SIDE, padding, scale)
+    cols = steps if cols is None else check_int("cols", cols, 1)
+    grid_size(math.ceil(steps / cols), cols, _SIDE, _SIDE, padding, scale)
     if gif is not None:
-        if gif_scale < 1:
-            raise InvalidArgumentError(f"gif scale must be >= 1, got {gif_scale}")
+        check_int("gif scale", gif_scale, 1, MAX_SCALE)
         frames_px = (2 * steps - 2) * (_SIDE * gif_scale) ** 2
         if frames_px > MAX_GRID_PIXELS:
             raise InvalidArgumentError(
                 f"{steps} steps at GIF scale {gif_scale} is {frames_px:,} pixels of frames, "
                 f"above the cap of {MAX_GRID_PIXELS:,}; use fewer --steps or a smaller --gif-scale"
             )
-        if frame_ms < 1:
-            raise InvalidArgumentError(f"frame duration must be >= 1 ms, got {frame_ms}")
-    _check_sampling_args(2, 1, temperature)
+        check_frame_ms(frame_ms)
+    for seed in (from_seed, to_seed):
+        check_sampling(2, seed, temperature)
     if encoder_path is None and inputs:
         raise InvalidArgumentError("input images need --encoder to be placed in latent space")
     if encoder_path is not None and not inputs:
         raise InvalidArgumentError("--encoder needs two input images (or one IDX file)")
-    _check_outputs(out, gif, npy)
+    session_options(threads)
     if out is None and gif is None and npy is None:
         raise InvalidArgumentError("nothing to write: give --out, --gif or --npy")
+    targets = [p for p in (npy, gif, out) if p is not None]
+    reads = [*_graph_reads(decoder_path, encoder_path), *map(Path, inputs)]
 
-    decoder = Decoder.load(decoder_path, providers=providers, threads=threads)
-    if encoder_path is not None:
-        encoder = Encoder.load(encoder_path, providers=providers, threads=threads)
-        check_pair(encoder, decoder)
-        images = load_inputs(inputs, limit=2)
-        if images.shape[0] < 2:
-            raise InvalidArgumentError(f"two input images needed, the inputs hold {len(images)}")
-        ends, _ = encoder.encode(images)  # (2, d) latent means
-        what = f"{inputs[0]} -> {inputs[1]}" if len(inputs) > 1 else f"first two of {inputs[0]}"
-    else:
-        d = decoder.latent_dim
-        ends = np.concatenate([sample_latents(1, d, s, temperature) for s in (from_seed, to_seed)])
-        what = f"seed {from_seed} -> seed {to_seed}"
-    path = decoder.decode(interpolate(ends[0], ends[1], steps, method))  # (steps, 1, 28, 28)
-    pixels = to_uint8(path)  # (steps, 28, 28)
-    if npy is not None:
-        with NpyWriter(npy, path.shape) as writer:
-            writer.write(path)
-    if gif is not None:
-        there_and_back = np.concatenate([pixels, pixels[-2:0:-1]])  # ends shown once per loop
-        save_gif(upscale(there_and_back, gif_scale), gif, frame_ms=frame_ms)
-    if out is not None:
-        save_png(tile(pixels, math.ceil(steps / cols), cols, padding, scale), out)
+    with Outputs(targets, reads=reads, create_dirs=True) as outputs:
+        decoder = Decoder.load(decoder_path, providers=providers, threads=threads)
+        if encoder_path is not None:
+            encoder = Encoder.load(encoder_path, providers=providers, threads=threads)
+            check_pair(encoder, decoder)
+            images = load_inputs(inputs, limit=2)
+            if images.shape[0] < 2:
+                raise InvalidArgumentError(
+                    f"two input images needed, the inputs hold {len(images)}"
+                )
+            ends, _ = encoder.encode(images)  # (2, d) latent means
+            what = f"{inputs[0]} -> {inputs[1]}" if len(inputs) > 1 else f"first two of {inputs[0]}"
+        else:
+            d = decoder.latent_dim
+            ends = np.concatenate(
+                [sample_latents(1, d, s, temperature) for s in (from_seed, to_seed)]
+            )
+            what = f"seed {from_seed} -> seed {to_seed}"
+        path = decoder.decode(interpolate(ends[0], ends[1], steps, method))  # (steps, 1, 28, 28)
+        pixels = to_uint8(path)  # (steps, 28, 28)
+        if npy is not None:
+            with NpyWriter(npy, path.shape, outputs=outputs) as writer:
+                writer.write(path)
+        if gif is not None:
+            there_and_back = np.concatenate([pixels, pixels[-2:0:-1]])  # ends shown once per loop
+            outputs.write_bytes(
+                gif, gif_bytes(upscale(there_and_back, gif_scale), frame_ms=frame_ms)
+            )
+        if out is not None:
+            grid = tile(pixels, math.ceil(steps / cols), cols, padding, scale)
+            outputs.write_bytes(out, png_bytes(grid))
+        outputs.commit()
     written = ", ".join(str(p) for p in (out, gif, npy) if p is not None)
     return f"{steps} steps ({method}, {what}) -> {written}"
 
@@ -217,35 +252,37 @@ def write_reconstructions(
     """Encode up to `count` images from `inputs` (image or IDX files, see inputs.CONVERSION),
     decode their latent means, and write a grid PNG: each row of `cols` originals is followed
     by the row of their reconstructions. `npy`: the reconstructions, float32 (N, 1, 28, 28)."""
-    if count < 1:
-        raise InvalidArgumentError(f"count must be >= 1, got {count}")
-    if cols < 1:
-        raise InvalidArgumentError(f"cols must be >= 1, got {cols}")
+    check_int("count", count, 1)
+    check_int("cols", cols, 1)
     grid_size(2 * math.ceil(count / cols), cols, _SIDE, _SIDE, padding, scale)
     if not inputs:
         raise InvalidArgumentError("no input images given")
-    _check_outputs(out, npy)
+    session_options(threads)
+    targets = [p for p in (npy, out) if p is not None]
+    reads = [*_graph_reads(decoder_path, encoder_path), *map(Path, inputs)]
 
-    encoder = Encoder.load(encoder_path, providers=providers, threads=threads)
-    decoder = Decoder.load(decoder_path, providers=providers, threads=threads)
-    check_pair(encoder, decoder)
-    originals = load_inputs(inputs, limit=count)  # uint8 (N, 28, 28)
-    mu, _ = encoder.encode(originals)
-    recon = decoder.decode(mu)  # (N, 1, 28, 28)
-    n = originals.shape[0]
-    used_cols = min(cols, n)
-    blocks = math.ceil(n / used_cols)
-    cells = np.zeros((blocks, 2, used_cols, _SIDE, _SIDE), dtype=np.uint8)  # black when short
-    flat = cells.reshape(blocks, 2, used_cols * _SIDE * _SIDE)
-    for row, pixels in ((0, originals), (1, to_uint8(recon))):
-        padded = np.zeros((blocks * used_cols, _SIDE, _SIDE), dtype=np.uint8)
-        padded[:n] = pixels
-        flat[:, row] = padded.reshape(blocks, -1)
-    if npy is not None:
-        with NpyWriter(npy, recon.shape) as writer:
-            writer.write(recon)
-    grid = tile(cells.reshape(-1, _SIDE, _SIDE), 2 * blocks, used_cols, padding, scale)
-    save_png(grid, out)
+    with Outputs(targets, reads=reads, create_dirs=True) as outputs:
+        encoder = Encoder.load(encoder_path, providers=providers, threads=threads)
+        decoder = Decoder.load(decoder_path, providers=providers, threads=threads)
+        check_pair(encoder, decoder)
+        originals = load_inputs(inputs, limit=count)  # uint8 (N, 28, 28)
+        mu, _ = encoder.encode(originals)
+        recon = decoder.decode(mu)  # (N, 1, 28, 28)
+        n = originals.shape[0]
+        used_cols = min(cols, n)
+        blocks = math.ceil(n / used_cols)
+        cells = np.zeros((blocks, 2, used_cols, _SIDE, _SIDE), dtype=np.uint8)  # black when short
+        flat = cells.reshape(blocks, 2, used_cols * _SIDE * _SIDE)
+        for row, pixels in ((0, originals), (1, to_uint8(recon))):
+            padded = np.zeros((blocks * used_cols, _SIDE, _SIDE), dtype=np.uint8)
+            padded[:n] = pixels
+            flat[:, row] = padded.reshape(blocks, -1)
+        if npy is not None:
+            with NpyWriter(npy, recon.shape, outputs=outputs) as writer:
+                writer.write(recon)
+        grid = tile(cells.reshape(-1, _SIDE, _SIDE), 2 * blocks, used_cols, padding, scale)
+        outputs.write_bytes(out, png_bytes(grid))
+        outputs.commit()
     written = ", ".join(str(p) for p in (out, npy) if p is not None)
     return f"{n} images reconstructed -> {written}"
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
 from vae_export.onnx_export import ExportResult, export_checkpoint
+from vae_runtime.session import Decoder, Encoder
 from vae_train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from vae_train.model import VAE, VAEConfig, loss_terms
 
@@ -23,18 +23,14 @@ BATCH = 64
 
 @dataclass(frozen=True)
 class Exported:
-    """A trained model, its model.pt, and the export of it."""
+    """A trained model, its model.pt, the export of it, and the graphs as the runtime loads them."""
 
     name: str
     model: VAE
     checkpoint: Path
     result: ExportResult
-    encoder: ort.InferenceSession
-    decoder: ort.InferenceSession
-
-
-def _session(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    encoder: Encoder
+    decoder: Decoder
 
 
 def train_briefly(config: VAEConfig, images: np.ndarray, seed: int = 0) -> tuple[VAE, float]:
@@ -88,4 +84,5 @@ def exported(
     path = checkpoints[name]
     model = load_checkpoint(path).build_model(path)
     result = export_checkpoint(path, tmp_path_factory.mktemp(f"onnx-{name}"))
-    return Exported(name, model, path, result, _session(result.encoder), _session(result.decoder))
+    encoder, decoder = Encoder.load(result.encoder), Decoder.load(result.decoder)
+    return Exported(name, model, path, result, encoder, decoder)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -87,15 +88,19 @@ def test_metadata_round_trips_through_the_runtime_parser(exported: Exported) -> 
 
 
 def test_manifest_round_trips_and_its_checksums_match_the_files(exported: Exported) -> None:
-    manifest = json.loads(exported.result.manifest.read_text(encoding="utf-8"))
-    assert manifest == exported.result.content
+    manifest = json.loads(exported.result.manifest_path.read_text(encoding="utf-8"))
+    assert C.Manifest.load(exported.result.manifest_path) == dataclasses.replace(
+        exported.result.manifest, path=exported.result.manifest_path
+    )
     assert manifest[C.MANIFEST_KEY_FORMAT] == C.MANIFEST_FORMAT
     assert manifest[C.MANIFEST_KEY_VERSION] == C.FORMAT_VERSION
     files = manifest[C.MANIFEST_FILES]
     assert set(files) == {C.ENCODER_FILE, C.DECODER_FILE}
-    for path in (exported.result.encoder, exported.result.decoder):
+    for path, role in ((exported.result.encoder, "encoder"), (exported.result.decoder, "decoder")):
         assert files[path.name][C.MANIFEST_SHA256] == sha256_file(path)
         assert files[path.name][C.MANIFEST_BYTES] == path.stat().st_size
+        assert files[path.name]["role"] == role
+        assert files[path.name]["precision"] == "fp32"
     assert manifest[C.MANIFEST_CHECKPOINT] == {
         "name": exported.checkpoint.name,
         C.MANIFEST_SHA256: sha256_file(exported.checkpoint),
@@ -121,4 +126,4 @@ def test_the_lowest_opset_exports_and_verifies(
     assert result.report.passed
     model = onnx.load(str(result.decoder))
     assert [o.version for o in model.opset_import if o.domain == ""] == [opset]
-    assert result.content[C.MANIFEST_OPSET] == opset
+    assert result.manifest.details[C.MANIFEST_OPSET] == opset

@@ -18,8 +18,11 @@ from vae_export.verify import (
     compare_graph,
     decoder_inputs,
     encoder_inputs,
+    verify_graphs,
 )
-from vae_runtime.contract import DECODER_INPUT, DECODER_OUTPUT, ENCODER_INPUT
+from vae_runtime.contract import DECODER_OUTPUT
+from vae_runtime.errors import ModelFileError
+from vae_runtime.session import Decoder
 
 if TYPE_CHECKING:  # the fixture's type, defined in tests/export/conftest.py
     from conftest import Exported
@@ -29,7 +32,7 @@ def _onnx_decoder(ex: Exported, shift: float = 0.0, nan: bool = False):
     """A reference that is the ONNX decoder itself, optionally shifted or poisoned."""
 
     def run(z: np.ndarray) -> Mapping[str, np.ndarray]:
-        out = ex.decoder.run(None, {DECODER_INPUT: z})[0] + np.float32(shift)
+        out = ex.decoder.decode(z, batch_size=len(z)) + np.float32(shift)
         if nan:
             out[0, 0, 0, 0] = np.nan
         return {DECODER_OUTPUT: out}
@@ -39,9 +42,7 @@ def _onnx_decoder(ex: Exported, shift: float = 0.0, nan: bool = False):
 
 def test_identical_outputs_pass_with_zero_difference(exported: Exported) -> None:
     cases = decoder_inputs(exported.model.config.latent_dim)
-    rows = compare_graph(
-        "decoder", exported.result.decoder, DECODER_INPUT, _onnx_decoder(exported), cases
-    )
+    rows = compare_graph(exported.decoder, _onnx_decoder(exported), cases)
     assert [r.inputs for r in rows] == list(cases)
     assert all(r.passed and r.max_abs == 0.0 and r.batch_sizes == BATCH_SIZES for r in rows)
 
@@ -52,12 +53,7 @@ def test_a_difference_beyond_atol_or_a_nan_fails(
 ) -> None:
     cases = decoder_inputs(exported.model.config.latent_dim)
     rows = compare_graph(
-        "decoder",
-        exported.result.decoder,
-        DECODER_INPUT,
-        _onnx_decoder(exported, shift, nan),
-        cases,
-        batch_sizes=(1, 5),
+        exported.decoder, _onnx_decoder(exported, shift, nan), cases, batch_sizes=(1, 5)
     )
     report = Report(tuple(rows))
     assert not report.passed
@@ -82,11 +78,12 @@ def test_verification_inputs_are_fixed_and_in_range(digits: np.ndarray) -> None:
     assert 5.0 < np.abs(latents[0]).max() < 30.0  # N(0, I) * 3 over 8000 draws
 
 
-def test_an_unloadable_graph_is_a_verification_error(tmp_path: Path) -> None:
+def test_graphs_are_loaded_through_the_runtime(exported: Exported, tmp_path: Path) -> None:
     bad = tmp_path / "encoder.onnx"
     bad.write_bytes(b"not a graph")
-    with pytest.raises(VerificationError, match="cannot load the exported encoder"):
-        compare_graph("encoder", bad, ENCODER_INPUT, lambda x: {}, {})
+    with pytest.raises(ModelFileError, match="not a loadable ONNX graph"):
+        verify_graphs(bad, exported.result.decoder, dict, dict, np.zeros((1, 28, 28)), "x", 8)
+    assert isinstance(exported.decoder, Decoder)
 
 
 def test_failed_verification_replaces_nothing(

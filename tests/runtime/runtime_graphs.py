@@ -7,8 +7,6 @@ names, shapes and metadata unless a test asks for a broken variant.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,8 @@ from vae_runtime.contract import (
     ENCODER_OUTPUTS,
     IMAGE_PIXELS,
     MANIFEST_FILE,
+    FileEntry,
+    Manifest,
     build_metadata,
 )
 
@@ -141,11 +141,14 @@ def build_encoder(latent_dim: int = 2, hidden: int = 16, *, seed: int = 1) -> on
     )
 
 
-def write_manifest(directory: Path, *names: str) -> Path:
-    """A manifest.json listing `names` (files in `directory`) with their SHA-256."""
-    files = {n: {"sha256": hashlib.sha256((directory / n).read_bytes()).hexdigest()} for n in names}
+def write_manifest(directory: Path, *names: str, latent_dim: int = 2) -> Path:
+    """A manifest.json listing `names` (files in `directory`, their role read from the name)."""
+    files = {
+        n: FileEntry.of((directory / n).read_bytes(), "encoder" if "encoder" in n else "decoder")
+        for n in names
+    }
     path = directory / MANIFEST_FILE
-    path.write_text(json.dumps({"format_version": 1, "files": files}))
+    path.write_bytes(Manifest(files=files, latent_dim=latent_dim).to_bytes())
     return path
 
 

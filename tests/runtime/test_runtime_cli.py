@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
+from helpers import expect_error, expect_interrupted, outcome
 from PIL import Image
 from typer.testing import CliRunner, Result
 
 from vae_runtime import Decoder, fileio, sample_latents
+from vae_runtime._cli import VaeCommand, make_app
 from vae_runtime.cli import generate_app, interpolate_app, reconstruct_app
+from vae_runtime.errors import DataError, Interrupted, InvalidArgumentError, OutputRefusedError
 from vae_runtime.idx import write_idx
 
 runner = CliRunner()
@@ -26,15 +33,6 @@ def files_in(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir()}
 
 
-def assert_one_line_error(result: Result, pattern: str, code: int = 1) -> None:
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert ": error: " in lines[0]
-    assert pattern in lines[0], lines[0]
-    assert "Traceback" not in result.output
-
-
 @pytest.fixture
 def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty current folder for the command's default outputs."""
@@ -42,6 +40,76 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder.mkdir()
     monkeypatch.chdir(folder)
     return folder
+
+
+# -- what every command shares: the exit-code table ----------------------------------------------
+
+
+def _app_raising(exc: BaseException) -> typer.Typer:
+    app = make_app("Raises.")
+
+    @app.command(cls=VaeCommand)
+    def command(count: int = typer.Option(1, min=1)) -> None:
+        raise exc
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "line"),
+    [
+        (DataError("x.idx: truncated"), 1, "prog: error: x.idx: truncated$"),
+        (InvalidArgumentError("rows must be >= 1"), 2, "prog: error: rows must be >= 1$"),
+        (OutputRefusedError("a.png is the input"), 2, "prog: error: a.png is the input$"),
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/full/model.pt"),
+            1,
+            "prog: error: /full/model.pt: No space left on device$",
+        ),
+        (MemoryError(), 1, "prog: error: out of memory"),
+        (ZeroDivisionError("a bug"), 1, r"prog: error: internal error \(ZeroDivisionError"),
+    ],
+)
+def test_exit_codes_and_one_line(exc: BaseException, code: int, line: str) -> None:
+    result = CliRunner().invoke(_app_raising(exc), [], prog_name="prog")
+    exit_code, out, err = outcome(result)
+    assert exit_code == code and out == "" and len(err.splitlines()) == 1, err
+    assert re.match(line, err.strip()), err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--count", "0"], "prog: error: Invalid value for '--count'"),
+        (["--bogus"], "prog: error: No such option: --bogus"),
+    ],
+)
+def test_usage_errors_exit_2(args: list[str], line: str) -> None:
+    result = CliRunner().invoke(_app_raising(DataError("unused")), args, prog_name="prog")
+    assert expect_error(result, 2).startswith(line)
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "line"),
+    [
+        (Interrupted(signal.SIGTERM), 143, "prog: interrupted by SIGTERM; no file was changed"),
+        (Interrupted(signal.SIGINT, "kept it"), 130, "prog: interrupted by SIGINT; kept it"),
+        (KeyboardInterrupt(), 130, "prog: interrupted by SIGINT; no file was changed"),
+    ],
+)
+def test_interrupts_exit_128_plus_the_signal(exc: BaseException, code: int, line: str) -> None:
+    result = CliRunner().invoke(_app_raising(exc), [], prog_name="prog")
+    assert expect_interrupted(result, code) == line
+
+
+def test_vae_debug_shows_the_traceback_behind_the_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VAE_DEBUG", "1")
+    result = CliRunner().invoke(_app_raising(DataError("x.idx: bad")), [], prog_name="prog")
+    _, _, err = outcome(result)
+    assert "Traceback (most recent call last)" in err
+    assert "DataError: x.idx: bad" in err
+    assert err.strip().splitlines()[-1] == "prog: error: x.idx: bad"
 
 
 # -- vae-generate --------------------------------------------------------------------------------
@@ -74,8 +142,8 @@ def test_generate_grid_shows_the_seeds_samples(graphs, work: Path) -> None:
 
 def test_generate_npy_larger_than_any_disk_is_refused_at_once(graphs, work: Path) -> None:
     # 10^12 samples are ~3 PB: refused from the free space, before a byte is allocated
-    args = ["--onnx", graphs["decoder"], "-n", str(10**12), "--npy", "big.npy", "--no-grid"]
-    assert_one_line_error(run(generate_app, args), "do not fit on the disk")
+    args = ["--onnx", graphs["decoder"], "-n", str(10**9), "--npy", "big.npy", "--no-grid"]
+    expect_error(run(generate_app, args), 1, "do not fit on the disk")
     assert files_in(work) == set()
 
 
@@ -107,39 +175,40 @@ def test_generate_manifold_for_latent_size_2(graphs, work: Path) -> None:
     with Image.open(work / "samples.png") as image:
         assert image.size == (6 * 30 + 2, 4 * 30 + 2)
     result = run(generate_app, ["--onnx", graphs["decoder20"], "--manifold", "-o", "m.png"])
-    assert_one_line_error(result, "--manifold needs a latent size of 2")
+    expect_error(result, 2, "--manifold needs a latent size of 2")
     assert not (work / "m.png").exists()
 
 
 @pytest.mark.parametrize(
     ("args", "pattern", "code"),
     [
-        (["--rows", "0"], "rows must be >= 1, got 0", 1),
-        (["--cols", "-3"], "cols must be >= 1, got -3", 1),
-        (["--rows", "100000", "--cols", "100000"], "above the cap", 1),
-        (["--scale", "0"], "scale must be >= 1", 1),
-        (["--temperature", "-1"], "temperature must be a finite number >= 0", 1),
-        (["--temperature", "nan"], "temperature must be a finite number >= 0", 1),
-        (["--count", "0"], "count must be >= 1", 1),
+        (["--rows", "0"], "rows must be >= 1, got 0", 2),
+        (["--cols", "-3"], "cols must be >= 1, got -3", 2),
+        (["--rows", "100000", "--cols", "100000"], "above the cap", 2),
+        (["--scale", "0"], r"scale must be in 1\.\.64, got 0", 2),
+        (["--temperature", "-1"], r"temperature must be a finite number in 0\.\.1000", 2),
+        (["--temperature", "nan"], r"temperature must be a finite number in 0\.\.1000", 2),
+        (["--count", "0"], "count must be >= 1", 2),
+        (["--count", "26"], "decodes more images than the 5x5 grid shows", 2),
+        (["--seed", "-1"], r"seed must be in 0\.\.", 2),
+        (["--seed", str(2**64)], r"seed must be in 0\.\.", 2),
         (["--rows", "abc"], "Invalid value for '--rows'", 2),
         (["--no-such-option"], "no-such-option", 2),
-        (["--provider", "NopeExecutionProvider"], "available providers: ", 1),
-        (["--out", "missing/samples.png"], "does not exist", 1),
-        (["--out", "."], "is a folder", 1),
-        (["--npy", "missing/a.npy"], "does not exist", 1),
-        (["--images-dir", "missing"], "does not exist", 1),
-        (["--npy", "samples.png"], "two outputs share one path", 1),
-        (["--no-grid"], "nothing to write", 1),
-        (["--manifold", "-n", "4"], "does not apply to --manifold", 1),
-        (["--threads", "0"], "threads must be >= 1", 1),
-        (["--batch-size", "0"], "batch size must be >= 1", 1),
+        (["--provider", "NopeExecutionProvider"], "available providers: ", 2),
+        (["--out", "."], "is not a file name", 2),
+        (["--npy", "samples.png"], "are the same file", 2),
+        (["--no-grid"], "nothing to write", 2),
+        (["--manifold", "-n", "4"], "does not apply to --manifold", 2),
+        (["--threads", "0"], r"threads must be in 1\.\.", 2),
+        (["--threads", "4096"], r"threads must be in 1\.\.", 2),
+        (["--batch-size", "0"], r"batch size must be in 1\.\.65,536", 2),
     ],
 )
 def test_generate_bad_arguments(
     graphs, work: Path, args: list[str], pattern: str, code: int
 ) -> None:
     result = run(generate_app, ["--onnx", graphs["decoder"], *args])
-    assert_one_line_error(result, pattern, code)
+    expect_error(result, code, pattern)
     assert files_in(work) == set()
 
 
@@ -148,17 +217,17 @@ def test_generate_huge_grid_is_refused_before_allocating(graphs, work: Path) -> 
     result = run(generate_app, ["--onnx", graphs["decoder"], "--rows", "100000", "--cols", "1e5"])
     assert result.exit_code == 2
     result = run(generate_app, ["--onnx", graphs["decoder"], "--rows", "99999", "--cols", "99999"])
-    assert_one_line_error(result, "pixels, above the cap of 67,108,864")
+    expect_error(result, 2, "pixels, above the cap of 67,108,864")
 
 
 def test_generate_wrong_and_broken_graphs(graphs, work: Path, tmp_path: Path) -> None:
-    assert_one_line_error(run(generate_app, ["--onnx", graphs["encoder"]]), "expected a decoder")
-    assert_one_line_error(run(generate_app, ["--onnx", "none.onnx"]), "no such file")
+    expect_error(run(generate_app, ["--onnx", graphs["encoder"]]), 1, "expected a decoder")
+    expect_error(run(generate_app, ["--onnx", "none.onnx"]), 1, "no such file")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00garbage" * 10)
-    assert_one_line_error(run(generate_app, ["--onnx", junk]), "not a loadable ONNX graph")
+    expect_error(run(generate_app, ["--onnx", junk]), 1, "not a loadable ONNX graph")
     result = run(generate_app, ["--onnx", graphs["nan_decoder"]])
-    assert_one_line_error(result, "contains NaN or infinite values")
+    expect_error(result, 1, "contains NaN or infinite values")
     assert files_in(work) == set()
 
 
@@ -169,7 +238,7 @@ def test_generate_checksum_mismatch(graphs, work: Path, tmp_path: Path) -> None:
     data[-10] ^= 1  # one flipped bit in the graph's tail (metadata or weights)
     (export / "decoder.onnx").write_bytes(bytes(data))
     result = run(generate_app, ["--onnx", export / "decoder.onnx"])
-    assert_one_line_error(result, "does not match")
+    expect_error(result, 1, "does not match")
 
 
 def test_generate_into_read_only_folder(
@@ -186,7 +255,7 @@ def test_generate_into_read_only_folder(
             lambda p, mode: real_access(p, mode) and Path(p).resolve() != locked.resolve(),
         )
     result = run(generate_app, ["--onnx", graphs["decoder"], "-o", locked / "samples.png"])
-    assert_one_line_error(result, "is not writable")
+    expect_error(result, 1, "is not writable")
     assert files_in(locked) == set()
 
 
@@ -200,8 +269,8 @@ def test_generate_interrupted_write_leaves_nothing(
 
     monkeypatch.setattr(images.Image.Image, "save", explode)
     result = run(generate_app, ["--onnx", graphs["decoder"], "--npy", "a.npy"])
-    assert result.exit_code != 0
-    assert files_in(work) == {"a.npy"}  # the complete .npy stays, no half PNG, no temporary
+    expect_error(result, 1, "No space left on device")
+    assert files_in(work) == set()  # one set: no .npy without its grid, no temporary
 
 
 def test_help_is_complete_with_defaults() -> None:
@@ -271,23 +340,24 @@ def test_interpolate_between_images(graphs, work: Path, make_digits) -> None:
 @pytest.mark.parametrize(
     ("extra", "pattern"),
     [
-        (["--steps", "1"], "steps must be >= 2"),
+        (["--steps", "1"], r"steps must be in 2\.\.10,000, got 1"),
         (["--method", "cubic"], "'lerp' or 'slerp'"),
         (["--temperature", "nan"], "temperature"),
         (["--steps", "400", "--gif-scale", "40"], "above the cap"),
         (["a.png"], "need --encoder"),
-        (["--gif", "nowhere/x.gif"], "does not exist"),
+        (["--gif", "."], "is not a file name"),
+        (["--frame-ms", "0"], "frame duration"),
     ],
 )
 def test_interpolate_bad_arguments(graphs, work: Path, extra: list[str], pattern: str) -> None:
-    assert_one_line_error(run(interpolate_app, ["--onnx", graphs["decoder"], *extra]), pattern)
+    expect_error(run(interpolate_app, ["--onnx", graphs["decoder"], *extra]), 2, pattern)
     assert files_in(work) == set()
 
 
 def test_interpolate_latent_size_mismatch(graphs, work: Path, make_digits) -> None:
     write_idx(work / "two.idx", make_digits(2, 0)[0])
     args = ["--onnx", graphs["decoder"], "--encoder", graphs["encoder20"], "two.idx"]
-    assert_one_line_error(run(interpolate_app, args), "latent size 20")
+    expect_error(run(interpolate_app, args), 1, "latent size 20")
     assert files_in(work) == {"two.idx"}
 
 
@@ -336,20 +406,20 @@ def test_reconstruct_bad_inputs(graphs, work: Path, make, pattern: str) -> None:
     name = next(iter(files_in(work)), "x.png")
     before = files_in(work)
     args = ["--encoder", graphs["encoder"], "--decoder", graphs["decoder"], name]
-    assert_one_line_error(run(reconstruct_app, args), pattern)
+    expect_error(run(reconstruct_app, args), 1, pattern)
     assert files_in(work) == before
 
 
 def test_reconstruct_refuses_a_decompression_bomb(graphs, work: Path, bomb_png: Path) -> None:
     args = ["--encoder", graphs["encoder"], "--decoder", graphs["decoder"], bomb_png]
-    assert_one_line_error(run(reconstruct_app, args), "refused without decoding")
+    expect_error(run(reconstruct_app, args), 1, "refused without decoding")
     assert files_in(work) == set()
 
 
 def test_reconstruct_latent_size_mismatch(graphs, work: Path, make_digits) -> None:
     Image.fromarray(make_digits(1, 0)[0][0]).save(work / "a.png")
     args = ["--encoder", graphs["encoder20"], "--decoder", graphs["decoder"], "a.png"]
-    assert_one_line_error(run(reconstruct_app, args), "latent size 20 but")
+    expect_error(run(reconstruct_app, args), 1, "latent size 20 but")
     assert files_in(work) == {"a.png"}
 
 

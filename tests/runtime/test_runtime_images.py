@@ -1,4 +1,4 @@
-"""Grids, upscaling, the grid cap, PNG/GIF/per-image files and the streaming .npy writer."""
+"""Grids, upscaling, the grid cap, PNG/GIF files and per-image file names."""
 
 from __future__ import annotations
 
@@ -8,16 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vae_runtime import (
-    InvalidArgumentError,
-    NpyWriter,
-    NumericalError,
-    OutputError,
-    save_gif,
-    save_png,
-    tile,
-)
-from vae_runtime.images import MAX_GRID_PIXELS, grid_size, save_image_files, to_uint8, upscale
+from vae_runtime import InvalidArgumentError, NumericalError, save_gif, save_png, tile
+from vae_runtime.images import MAX_GRID_PIXELS, grid_size, image_file_names, to_uint8, upscale
 
 
 def test_tile_places_images_row_by_row() -> None:
@@ -47,6 +39,8 @@ def test_grid_cap_is_checked_from_arithmetic() -> None:
     with pytest.raises(InvalidArgumentError, match="above the cap"):
         grid_size(side, side)
     with pytest.raises(InvalidArgumentError, match="above the cap"):
+        tile(np.zeros((1, 28, 28), np.uint8), 200, 200, scale=64)
+    with pytest.raises(InvalidArgumentError, match=r"scale must be in 1\.\.64"):
         tile(np.zeros((1, 28, 28), np.uint8), 2, 2, scale=10_000)
     with pytest.raises(InvalidArgumentError, match="do not fit"):
         tile(np.zeros((5, 28, 28), np.uint8), 2, 2)
@@ -80,74 +74,6 @@ def test_gif_frames_and_loop(tmp_path: Path) -> None:
         save_gif(frames.astype(np.float32), tmp_path / "b.gif")
 
 
-def test_save_image_files_names_and_scale(tmp_path: Path) -> None:
-    images = np.random.default_rng(2).random((3, 1, 28, 28)).astype(np.float32)
-    paths = save_image_files(images, tmp_path, prefix="s", start=98, digits=3, scale=2)
-    assert [p.name for p in paths] == ["s_098.png", "s_099.png", "s_100.png"]
-    with Image.open(paths[1]) as image:
-        assert image.size == (56, 56)
-        np.testing.assert_array_equal(np.asarray(image)[::2, ::2], to_uint8(images)[1])
-
-
-def test_npy_writer_streams_a_valid_file(tmp_path: Path) -> None:
-    data = np.random.default_rng(3).random((10, 1, 28, 28)).astype(np.float32)
-    with NpyWriter(tmp_path / "a.npy", data.shape) as npy:
-        for start in range(0, 10, 4):
-            npy.write(data[start : start + 4])
-    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), data)
-    assert {p.name for p in tmp_path.iterdir()} == {"a.npy"}
-
-
-def test_npy_writer_leaves_nothing_when_short_or_failing(tmp_path: Path) -> None:
-    with pytest.raises(InvalidArgumentError, match="3 of 5 declared rows"):  # noqa: SIM117
-        with NpyWriter(tmp_path / "short.npy", (5, 2)) as npy:
-            npy.write(np.zeros((3, 2), np.float32))
-
-    def interrupted() -> None:
-        with NpyWriter(tmp_path / "boom.npy", (5, 2)) as npy:
-            npy.write(np.zeros((3, 2), np.float32))
-            raise RuntimeError("interrupted")
-
-    with pytest.raises(RuntimeError):
-        interrupted()
-    with pytest.raises(InvalidArgumentError, match="does not fit"):  # noqa: SIM117
-        with NpyWriter(tmp_path / "dtype.npy", (5, 2)) as npy:
-            npy.write(np.zeros((3, 2), np.float64))
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_npy_writer_full_disk_fails_before_writing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import errno
-    import os
-
-    def full(fd: int, offset: int, size: int) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "posix_fallocate", full)
-    with pytest.raises(OutputError, match="do not fit on the disk"):  # noqa: SIM117
-        with NpyWriter(tmp_path / "big.npy", (10, 2)):
-            pass
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_npy_writer_refuses_what_cannot_fit_without_allocating(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import os
-
-    real = os.statvfs(tmp_path)
-
-    class Tiny:  # the disk as statvfs reports it, with 1 KiB free
-        f_bavail, f_frsize = 1, 1024
-
-    def never(fd: int, offset: int, size: int) -> None:
-        raise AssertionError("posix_fallocate called for a file that cannot fit")
-
-    monkeypatch.setattr(os, "statvfs", lambda path: Tiny if Path(path) == tmp_path else real)
-    monkeypatch.setattr(os, "posix_fallocate", never)
-    with pytest.raises(OutputError, match=r"do not fit on the disk \(1,024 free\)"):  # noqa: SIM117
-        with NpyWriter(tmp_path / "big.npy", (10, 784)):
-            pass
-    assert list(tmp_path.iterdir()) == []
+def test_image_file_names_sort_in_order() -> None:
+    assert image_file_names("s", 3, start=98) == ["s_00098.png", "s_00099.png", "s_00100.png"]
+    assert image_file_names("s", 2, start=123_455) == ["s_123455.png", "s_123456.png"]

@@ -11,7 +11,7 @@ from PIL import Image
 from runtime_graphs import write_blank_png
 
 from vae_runtime import DataError, InvalidArgumentError, load_inputs, read_image
-from vae_runtime.idx import LABELS_MAGIC, write_idx
+from vae_runtime.idx import write_idx
 from vae_runtime.inputs import MAX_INPUT_PIXELS, fit_mnist
 
 
@@ -127,6 +127,5 @@ def test_load_inputs_errors(tmp_path: Path) -> None:
     write_idx(tmp_path / "wide.idx", np.zeros((2, 28, 30), np.uint8))
     with pytest.raises(DataError, match=r"expected \(28, 28\)"):
         load_inputs([tmp_path / "wide.idx"], 5)
-    with pytest.raises(InvalidArgumentError, match="count must be >= 1"):
+    with pytest.raises(InvalidArgumentError, match=r"count must be in 1\.\."):
         load_inputs([tmp_path / "wide.idx"], 0)
-    assert LABELS_MAGIC == 2049

@@ -72,7 +72,7 @@ def test_slerp_midpoint_lies_between_the_directions() -> None:
 
 
 def test_interpolation_errors() -> None:
-    with pytest.raises(InvalidArgumentError, match="steps must be >= 2"):
+    with pytest.raises(InvalidArgumentError, match=r"steps must be in 2\.\.10,000"):
         interpolate(np.zeros(2), np.ones(2), 1)
     with pytest.raises(InvalidArgumentError, match="differ in size"):
         interpolate(np.zeros(2), np.ones(3), 4)
@@ -86,5 +86,5 @@ def test_manifold_lattice_orientation_and_quantiles() -> None:
     np.testing.assert_allclose(lattice[0, :2, 0], -lattice[0, :1:-1, 0], atol=1e-6)
     assert lattice[0, 0, 0] == pytest.approx(-1.1503494, abs=1e-6)  # Phi^-1(1/8)
     np.testing.assert_allclose(manifold_latents(3, 4, 2.0), 2 * lattice.reshape(-1, 2))
-    with pytest.raises(InvalidArgumentError, match="rows must be >= 1"):
+    with pytest.raises(InvalidArgumentError, match=r"rows must be in 1\.\."):
         manifold_latents(0, 4)

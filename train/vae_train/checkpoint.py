@@ -15,8 +15,12 @@ Layout (format version 1):
 
 from __future__ import annotations
 
+import io
+import math
+import os
 import pickle
 import re
+import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +29,13 @@ from typing import Any
 import torch
 
 from vae_runtime.errors import InvalidArgumentError, ModelFileError
-from vae_runtime.fileio import atomic_output
+from vae_runtime.fileio import write_file
 
 from .model import VAE, VAEConfig
 
 CHECKPOINT_FORMAT = "mnist-vae/checkpoint"
 CHECKPOINT_VERSION = 1
+MAX_EPOCH = 10_000  # epochs a run may reach (vae-train --epochs)
 
 
 class CheckpointError(ModelFileError):
@@ -57,15 +62,16 @@ class Checkpoint:
             model.load_state_dict(self.state_dict, strict=True)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()
-            detail = " ".join(line.strip() for line in first[1:3]) or first[0]
+            detail = (" ".join(line.strip() for line in first[1:3]) or first[0])[:200]
             raise CheckpointError(
                 f"{path}: weights do not fit the stored config {self.config.to_dict()}: {detail}"
             ) from None
         return model.eval()
 
 
-def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
-    """Write `checkpoint` to `path` atomically (temporary file, then rename)."""
+def checkpoint_bytes(checkpoint: Checkpoint) -> bytes:
+    """model.pt's bytes: serialized in memory, so that writing them is one plain file write
+    whose errors (a full disk) name the file, staged and renamed like every other output."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
@@ -78,62 +84,118 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
         "rng": checkpoint.rng,
         "versions": checkpoint.versions,
     }
-    with atomic_output(Path(path)) as tmp:
-        torch.save(payload, tmp)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: Path | str) -> None:
+    """Write `checkpoint` to `path` atomically (staged, then renamed; see fileio.Outputs)."""
+    write_file(Path(path), checkpoint_bytes(checkpoint))
 
 
 def load_checkpoint(path: Path | str) -> Checkpoint:
-    """Read and check a model.pt. Never unpickles arbitrary objects: `weights_only=True` only,
-    and a file it refuses is reported, not retried unsafely. Raises CheckpointError."""
+    """Read and check a model.pt, every field. Never unpickles arbitrary objects:
+    `weights_only=True` only, and a file it refuses is reported, not retried unsafely.
+    Raises CheckpointError naming the file and the field."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file; train one with `vae-train`")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a folder, expected a model.pt file")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"{path}: file is empty")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(
-            f"{path}: not a PyTorch checkpoint (not a zip archive; truncated or another format)"
-        )
     try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file; train one with `vae-train`") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CheckpointError(f"{path}: is a folder, expected a model.pt file")
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path}: is not a regular file, expected a model.pt file")
+    if st.st_size == 0:
+        raise CheckpointError(f"{path}: file is empty")
+    try:
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"{path}: not a PyTorch checkpoint (not a zip archive; truncated or another format)"
+            )
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except Exception as exc:  # torch raises many types for bad files
         if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
             raise CheckpointError(_refused(path, exc)) from None
         raise CheckpointError(
             f"{path}: damaged or truncated checkpoint: {_first_line(exc)}"
         ) from None
+    return _parse(payload, path)
+
+
+def _parse(payload: Any, path: Path) -> Checkpoint:
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path}: {what}; not a model.pt that vae-train wrote")
+
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path}: not an mnist-vae checkpoint (no '{CHECKPOINT_FORMAT}' format tag)"
         )
     version = payload.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"{path}: bad format version {version!r}")
+    if not _is_int(version) or version < 1:
+        raise bad(f"bad format version {_short(version)}")
     if version > CHECKPOINT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format version {version} is newer than this mnist-vae reads "
             f"({CHECKPOINT_VERSION}); upgrade mnist-vae"
         )
     state = payload.get("state_dict")
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: 'state_dict' is missing or not a dict of tensors")
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) and v.is_floating_point()
+        for k, v in state.items()
+    ):
+        raise bad("'state_dict' is missing or not a dict of float tensors")
     try:
-        config = VAEConfig.from_dict(dict(payload.get("config") or {}))
+        config = VAEConfig.from_dict(payload.get("config"))
     except (InvalidArgumentError, TypeError) as exc:
-        raise CheckpointError(f"{path}: bad model config: {exc}") from None
+        raise bad(f"bad model config: {exc}") from None
+    epoch = payload.get("epoch", 0)
+    if not _is_int(epoch) or not 0 <= epoch <= MAX_EPOCH:
+        raise bad(f"'epoch' is {_short(epoch)}, expected 0..{MAX_EPOCH}")
+    metrics = payload.get("metrics", [])
+    if not isinstance(metrics, list) or not all(_is_record(m) for m in metrics):
+        raise bad("'metrics' is not a list of records of finite numbers")
+    for name in ("run", "rng", "versions"):
+        if not isinstance(payload.get(name, {}), dict):
+            raise bad(f"'{name}' is not a dict")
+    optimizer = payload.get("optimizer")
+    if optimizer is not None and not isinstance(optimizer, dict):
+        raise bad("'optimizer' is not a dict")
     return Checkpoint(
         config=config,
         state_dict=state,
-        run=dict(payload.get("run") or {}),
-        epoch=int(payload.get("epoch") or 0),
-        metrics=list(payload.get("metrics") or []),
-        optimizer=payload.get("optimizer"),
-        rng=dict(payload.get("rng") or {}),
-        versions=dict(payload.get("versions") or {}),
+        run=dict(payload.get("run", {})),
+        epoch=epoch,
+        metrics=metrics,
+        optimizer=optimizer,
+        rng=dict(payload.get("rng", {})),
+        versions={str(k): str(v)[:100] for k, v in payload.get("versions", {}).items()},
     )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_record(value: Any) -> bool:
+    """One metrics.jsonl record: str keys, finite int/float values (what JSON can hold)."""
+    return isinstance(value, dict) and all(
+        isinstance(k, str)
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        for k, v in value.items()
+    )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _refused(path: Path, exc: pickle.UnpicklingError) -> str:

@@ -1,17 +1,15 @@
 """MNIST for training: find it in a named folder, or download it once into a cache, into memory.
 
-A folder the user names (`data_dir`, or the VAE_DATA_DIR environment variable) is read as it is:
+A folder the user names (`data_dir`; the command line also reads VAE_DATA_DIR) is read as it is:
 IDX headers are checked, checksums are not, so partial sets, Fashion-MNIST or KMNIST work too.
-Without one, the default cache folder is used and filled from public mirrors in turn; a download
-is accepted only after its official MD5 and its gzip stream check out.
+Without one, the cache folder is used and filled from public mirrors in turn; a download is
+accepted only after its official MD5 and its gzip stream check out.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import os
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -21,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_runtime.errors import DataError
+from vae_runtime.errors import DataError, OutputError
+from vae_runtime.fileio import Outputs, naming
 from vae_runtime.idx import IMAGES_MAGIC, read_idx
 
 DATA_DIR_ENV = "VAE_DATA_DIR"
@@ -55,10 +54,11 @@ class MnistImages:
     source: str
 
 
-def default_cache_dir() -> Path:
-    """Where downloads go: $XDG_CACHE_HOME/mnist-vae/mnist, else ~/.cache/mnist-vae/mnist."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "mnist-vae" / "mnist"
+def default_cache_dir(xdg_cache_home: str | None = None) -> Path:
+    """Where downloads go: <xdg_cache_home>/mnist-vae/mnist, else ~/.cache/mnist-vae/mnist (the
+    command line passes $XDG_CACHE_HOME)."""
+    base = Path(xdg_cache_home) if xdg_cache_home else Path.home() / ".cache"
+    return base / "mnist-vae" / "mnist"
 
 
 def find_images(folder: Path, name: str) -> Path | None:
@@ -68,6 +68,28 @@ def find_images(folder: Path, name: str) -> Path | None:
             if candidate.is_file():
                 return candidate
     return None
+
+
+def locate_mnist(data_dir: Path | str | None, cache_dir: Path | None = None) -> list[Path]:
+    """The training and test image files that `load_mnist` will read: in `data_dir` (which must
+    hold both), else in `cache_dir` (default `default_cache_dir()`), where they may not exist
+    yet (then they are downloaded). Raises DataError for a named folder that lacks them."""
+    if data_dir is not None:
+        folder = Path(data_dir)
+        if not folder.is_dir():
+            raise DataError(f"data folder {folder} does not exist or is not a folder")
+        paths = []
+        for name in (TRAIN_IMAGES, TEST_IMAGES):
+            path = find_images(folder, name)
+            if path is None:
+                raise DataError(
+                    f"{folder}: no {name}[.gz] in it (nor in its MNIST/raw/); "
+                    "point --data-dir at a folder holding the MNIST IDX files"
+                )
+            paths.append(path)
+        return paths
+    folder = cache_dir if cache_dir is not None else default_cache_dir()
+    return [folder / f"{name}.gz" for name in (TRAIN_IMAGES, TEST_IMAGES)]
 
 
 def load_mnist(
@@ -81,39 +103,24 @@ def load_mnist(
 ) -> MnistImages:
     """Load MNIST's training and test images into memory.
 
-    `data_dir` (else $VAE_DATA_DIR) names a folder that is read as it is. Without one, the images
-    come from `cache_dir` (default `default_cache_dir()`), downloaded there first from `mirrors`
-    if missing. Raises DataError with one line naming what is missing and how to fix it.
+    `data_dir` names a folder that is read as it is. Without one, the images come from
+    `cache_dir` (default `default_cache_dir()`), downloaded there first from `mirrors` if
+    missing. Raises DataError with one line naming what is missing and how to fix it.
     """
-    named = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
-    if named is not None:
-        folder = Path(named)
-        if not folder.is_dir():
-            fix = "fix --data-dir" if data_dir is not None else f"fix or unset {DATA_DIR_ENV}"
-            via = "--data-dir" if data_dir is not None else f"${DATA_DIR_ENV}"
-            raise DataError(
-                f"data folder {folder} (from {via}) does not exist or is not a folder; {fix}"
-            )
-        paths = []
-        for name in (TRAIN_IMAGES, TEST_IMAGES):
-            path = find_images(folder, name)
-            if path is None:
-                raise DataError(
-                    f"{folder}: no {name}[.gz] in it (nor in its MNIST/raw/); "
-                    "point --data-dir at a folder holding the MNIST IDX files"
+    train_path, test_path = locate_mnist(data_dir, cache_dir)
+    if data_dir is None:
+        for path in (train_path, test_path):
+            if not path.is_file():
+                download(
+                    path.name,
+                    path.parent,
+                    mirrors=mirrors,
+                    checksums=checksums,
+                    timeout=timeout,
+                    log=log,
                 )
-            paths.append(path)
-        return _read_pair(paths[0], paths[1], str(folder))
-    folder = cache_dir if cache_dir is not None else default_cache_dir()
-    paths = []
-    for name in (TRAIN_IMAGES, TEST_IMAGES):
-        path = folder / f"{name}.gz"
-        if not path.is_file():
-            download(
-                path.name, folder, mirrors=mirrors, checksums=checksums, timeout=timeout, log=log
-            )
-        paths.append(path)
-    return _read_pair(paths[0], paths[1], str(folder))
+    source = str(data_dir if data_dir is not None else train_path.parent)
+    return _read_pair(train_path, test_path, source)
 
 
 def _read_pair(train_path: Path, test_path: Path, source: str) -> MnistImages:
@@ -137,30 +144,29 @@ def download(
 ) -> Path:
     """Fetch `filename` into `folder` from the first mirror that serves it intact.
 
-    Each attempt streams into a temporary file beside the target; the file is renamed into place
-    only after its MD5 matches `checksums[filename]` and its gzip stream decompresses. Any failure
-    (HTTP error, timeout, refused connection, wrong checksum, bad gzip) moves on to the next mirror.
+    Each attempt streams into a staged file beside the target (`fileio.Outputs`); the file is
+    moved into place only after its MD5 matches `checksums[filename]` and its gzip stream
+    decompresses. Any failure (HTTP error, timeout, refused connection, wrong checksum, bad gzip)
+    moves on to the next mirror; a full disk or an unwritable cache stops at once.
     """
     if not mirrors:
         raise DataError("no download mirrors given; pass --data-dir or set VAE_DATA_DIR")
     expected = checksums.get(filename)
     if expected is None:
         raise DataError(f"no known checksum for {filename}; cannot verify a download")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create the data cache {folder}: {exc.strerror}") from None
-    target = folder / filename
+    target = Path(folder) / filename
     failures = []
-    for mirror in mirrors:
-        url = mirror.rstrip("/") + "/" + filename
-        if log is not None:
-            log(f"downloading {url}")
-        try:
-            _fetch_verified(url, target, expected, timeout)
-            return target
-        except _DownloadFailed as exc:
-            failures.append(f"{url} ({exc})")
+    with Outputs([target], create_dirs=True) as outputs:
+        for mirror in mirrors:
+            url = mirror.rstrip("/") + "/" + filename
+            if log is not None:
+                log(f"downloading {url}")
+            try:
+                _fetch_verified(url, outputs, target, expected, timeout)
+                outputs.commit()
+                return target
+            except _DownloadFailed as exc:
+                failures.append(f"{url} ({exc})")
     raise DataError(
         f"cannot download MNIST ({filename}); tried {'; '.join(failures)}. "
         f"Fix: download the IDX files yourself and pass --data-dir FOLDER, "
@@ -172,38 +178,37 @@ class _DownloadFailed(Exception):
     """One mirror failed; the message says how (kept short, it goes into a one-line summary)."""
 
 
-def _fetch_verified(url: str, target: Path, md5: str, timeout: float) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
+def _fetch_verified(url: str, outputs: Outputs, target: Path, md5: str, timeout: float) -> None:
+    digest = hashlib.md5()
+    size = 0
+    out = outputs.open(target)
     try:
-        digest = hashlib.md5()
-        size = 0
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    while block := response.read(1 << 16):
-                        size += len(block)
-                        if size > _MAX_DOWNLOAD_BYTES:
-                            raise _DownloadFailed(f"more than {_MAX_DOWNLOAD_BYTES >> 20} MB")
-                        digest.update(block)
-                        out.write(block)
-            except urllib.error.HTTPError as exc:
-                raise _DownloadFailed(f"HTTP {exc.code}") from None
-            except urllib.error.URLError as exc:
-                raise _DownloadFailed(_reason(exc.reason)) from None
-            except (TimeoutError, OSError) as exc:  # a read that stalls past the timeout
-                raise _DownloadFailed(_reason(exc)) from None
-        if digest.hexdigest() != md5:
-            raise _DownloadFailed(f"checksum mismatch: md5 {digest.hexdigest()}, expected {md5}")
-        try:
-            with gzip.open(tmp, "rb") as f:
-                while f.read(1 << 20):
-                    pass
-        except (OSError, EOFError, zlib.error) as exc:
-            raise _DownloadFailed(f"bad gzip data: {exc}") from None
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            while block := response.read(1 << 16):
+                size += len(block)
+                if size > _MAX_DOWNLOAD_BYTES:
+                    raise _DownloadFailed(f"more than {_MAX_DOWNLOAD_BYTES >> 20} MB")
+                digest.update(block)
+                with naming(target):
+                    out.write(block)
+    except urllib.error.HTTPError as exc:
+        raise _DownloadFailed(f"HTTP {exc.code}") from None
+    except urllib.error.URLError as exc:
+        raise _DownloadFailed(_reason(exc.reason)) from None
+    except OutputError:
+        raise
+    except (TimeoutError, OSError) as exc:  # a read that stalls past the timeout, a reset
+        raise _DownloadFailed(_reason(exc)) from None
+    with naming(target):
+        out.close()
+    if digest.hexdigest() != md5:
+        raise _DownloadFailed(f"checksum mismatch: md5 {digest.hexdigest()}, expected {md5}")
+    try:
+        with gzip.open(outputs.staged_path(target), "rb") as f:
+            while f.read(1 << 20):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _DownloadFailed(f"bad gzip data: {exc}") from None
 
 
 def _reason(reason: object) -> str:

@@ -1,10 +1,16 @@
-"""The training loop: in-memory MNIST, explicit generators, a checkpoint per epoch, resume, faults.
+"""The training loop: in-memory MNIST, explicit generators, autograd, one committed set per epoch.
 
 Speed comes from doing no per-image Python work: the training images sit in one uint8 tensor
 (N, 784) on the device; each epoch gathers them once in shuffled order, and a batch is a
-contiguous slice converted to float on the fly. Reproducibility comes from two explicit CPU
-generators (shuffle order, reparameterisation noise) whose states travel in the checkpoint, so
-2 epochs + resume for 3 more is bit for bit 5 epochs straight.
+contiguous slice converted to float on the fly; gradients come from autograd (the model is
+written once, in model.py). Reproducibility comes from two explicit CPU generators (shuffle
+order, reparameterisation noise) whose states travel in the checkpoint, so 2 epochs + resume for
+3 more is bit for bit 5 epochs straight.
+
+Nothing is lost: every output is checked before the data is read, and after each finished epoch
+model.pt, metrics.jsonl, samples.png and reconstructions.png are replaced together
+(`fileio.Outputs`). A run stopped before its first epoch ends writes nothing, so an existing
+model.pt survives even `--force` until the new run has an epoch to put in its place.
 """
 
 from __future__ import annotations
@@ -12,40 +18,44 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import vae_runtime
 from vae_runtime.contract import PRODUCER
-from vae_runtime.errors import InvalidArgumentError, NumericalError, OutputError
-from vae_runtime.fileio import atomic_output, check_output_dir
-from vae_runtime.images import save_png, tile
-from vae_runtime.sampling import sample_latents
+from vae_runtime.errors import (
+    Interrupted,
+    InvalidArgumentError,
+    NumericalError,
+    OutputRefusedError,
+    check_float,
+    check_int,
+)
+from vae_runtime.fileio import Outputs
+from vae_runtime.images import png_bytes, tile
+from vae_runtime.sampling import MAX_SEED, sample_latents
 
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from .data import DEFAULT_MIRRORS, MnistImages, load_mnist
-from .model import VAE, VAEConfig, loss_and_grads, loss_terms
+from .checkpoint import MAX_EPOCH, Checkpoint, CheckpointError, checkpoint_bytes, load_checkpoint
+from .data import DEFAULT_MIRRORS, MnistImages, load_mnist, locate_mnist
+from .device import Progress, check_device, flush_denormals, select_device
+from .model import VAE, VAEConfig, loss_terms
 
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.png"
 RECONSTRUCTIONS_FILE = "reconstructions.png"
+OUTPUT_FILES = (MODEL_FILE, METRICS_FILE, SAMPLES_FILE, RECONSTRUCTIONS_FILE)
+MAX_BATCH_SIZE = 1 << 16  # images per step
+MAX_LR = 10.0  # Adam at lr 10 already diverges on this model; more is a typo
 EVAL_BATCH = 1000  # evaluation holds no graph, so bigger batches are cheaper per image
 _REFRESH_EVERY = 16  # batches between progress updates (each reads the loss: a sync on GPUs)
-_DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-DEVICES = "auto, cpu, cuda, cuda:N, mps"
 
 
 @dataclass(frozen=True)
@@ -61,39 +71,12 @@ class TrainSettings:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        for name, low in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise InvalidArgumentError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise InvalidArgumentError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if not _DEVICE_PATTERN.fullmatch(self.device):
-            raise InvalidArgumentError(f"device must be one of {DEVICES}, got {self.device!r}")
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped training; the message says which checkpoint holds what."""
-
-
-def select_device(name: str) -> torch.device:
-    """'auto' -> cuda, else mps, else cpu; an explicit device must be available here."""
-    if not _DEVICE_PATTERN.fullmatch(name):
-        raise InvalidArgumentError(f"device must be one of {DEVICES}, got {name!r}")
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = bool(mps and mps.is_available())
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
-    if name.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(name.partition(":")[2] or 0)
-        if index >= count:
-            raise InvalidArgumentError(
-                f"device {name!r} is not available (this torch sees {count} CUDA device(s)); "
-                "use --device cpu or --device auto"
-            )
-    if name == "mps" and not has_mps:
-        raise InvalidArgumentError("device 'mps' is not available here; use --device cpu or auto")
-    return torch.device(name)
+        check_int("epochs", self.epochs, 1, MAX_EPOCH)
+        check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        check_int("seed", self.seed, 0, MAX_SEED - 1)  # seed + 1 seeds the noise generator
+        if check_float("lr", self.lr, 0.0, MAX_LR) == 0.0:
+            raise InvalidArgumentError("lr must be > 0, got 0.0")
+        check_device(self.device)
 
 
 def train(
@@ -103,60 +86,58 @@ def train(
     out_dir: Path | str = Path("."),
     data: MnistImages | None = None,
     data_dir: Path | str | None = None,
+    cache_dir: Path | None = None,
     resume: Path | str | None = None,
     force: bool = False,
-    quiet: bool = False,
+    log: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
     mirrors: Sequence[str] = DEFAULT_MIRRORS,
 ) -> Checkpoint:
-    """Train the VAE and write model.pt (after every epoch), metrics.jsonl, samples.png and
-    reconstructions.png into `out_dir`, each atomically. Returns the final checkpoint.
+    """Train the VAE; after every epoch replace model.pt, metrics.jsonl, samples.png and
+    reconstructions.png in `out_dir` (made if missing) together. Returns the final checkpoint.
 
-    `data` (already in memory) wins over `data_dir`, which wins over $VAE_DATA_DIR and the
-    download cache (see `load_mnist`). With `resume`, the model, optimizer, epoch and generator
-    states come from that checkpoint, whose config and settings must match `config` and
-    `settings` (except `epochs`, the new total, and `device`). A model.pt already in `out_dir`
-    is replaced only with `force`, or when it is the checkpoint being resumed.
+    `data` (already in memory) wins over `data_dir`, a folder read as it is, which wins over
+    `cache_dir` (downloaded into; see `load_mnist`). With `resume`, the model, optimizer, epoch
+    and generator states come from that checkpoint, whose config and settings must match
+    `config` and `settings` (except `epochs`, the new total, and `device`). A model.pt already
+    in `out_dir` is replaced only with `force`, or when it is the checkpoint being resumed;
+    `log` receives one line per epoch.
 
     Raises VaeError subclasses for bad input, NumericalError if the loss stops being finite,
-    TrainingInterrupted on Ctrl-C / SIGTERM after saving the last finished epoch.
+    Interrupted (a KeyboardInterrupt) on Ctrl-C / SIGTERM, saying which epoch model.pt holds.
     """
     out = Path(out_dir)
-    _check_out_dir(out)  # fail before any work, not after ten epochs
-    existing = out / MODEL_FILE
-    resuming_it = resume is not None and Path(resume).resolve() == existing.resolve()
-    if existing.exists() and not (force or resuming_it):
-        raise OutputError(
-            f"{existing} already exists; continue it with --resume {existing}, start over with "
-            "--force, or choose another --out"
+    model_path = out / MODEL_FILE
+    resume_path = Path(resume) if resume is not None else None
+    resuming_it = resume_path is not None and _same_file(resume_path, model_path)
+    if os.path.lexists(model_path) and not (force or resuming_it):
+        raise OutputRefusedError(
+            f"{model_path} already exists; continue it with --resume {model_path}, start over "
+            "with --force, or choose another --out"
         )
     device = select_device(settings.device)
-    previous = load_checkpoint(resume) if resume is not None else None
-    if previous is not None:
-        _check_resumable(previous, settings, config, Path(resume))  # type: ignore[arg-type]
-        previous.build_model(Path(resume))  # type: ignore[arg-type]  # weights fit the config?
-    console = Console(quiet=quiet, highlight=False)
-    if data is None:
-        data = load_mnist(data_dir, mirrors=mirrors, log=console.print)
-    try:  # created only now, so that a run refused above leaves no empty folder behind
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create output folder {out}: {exc.strerror}") from None
-    run = _Run(settings, config, device, out, data, previous)
-    with _signals_raise_interrupt(), _flush_denormals(), _progress(console, quiet) as progress:
-        return run.fit(console, progress)
+    reads = [] if data is not None else locate_mnist(data_dir, cache_dir)
+    if resume_path is not None and not resuming_it:
+        reads.append(resume_path)
+    targets = [out / name for name in OUTPUT_FILES]
+    with Outputs(targets, reads=reads, create_dirs=True) as outputs:
+        previous = None
+        if resume_path is not None:
+            previous = load_checkpoint(resume_path)
+            previous.build_model(resume_path)  # the weights fit its config?
+            _check_resumable(previous, settings, config, resume_path)
+        if data is None:
+            data = load_mnist(data_dir, cache_dir=cache_dir, mirrors=mirrors, log=log)
+        run = _Run(settings, config, device, data, previous, resume_path)
+        with flush_denormals():
+            return run.fit(outputs, model_path, log, progress or Progress(enabled=False))
 
 
-def _check_out_dir(out: Path) -> None:
-    """`out` must be a writable folder, or be creatable: the nearest existing folder above it
-    must be a writable folder (the missing part is made when training starts)."""
-    if out.exists():
-        check_output_dir(out)
-        return
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot create output folder {out}: {parent} is not a writable folder")
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _check_resumable(
@@ -173,8 +154,9 @@ def _check_resumable(
         stored, given = ckpt.run.get(name), getattr(settings, name)
         if stored != given:
             flag = "--" + name.replace("_", "-")
+            shown = repr(stored)[:40]
             raise InvalidArgumentError(
-                f"{path} was trained with {flag} {stored}, got {given}; pass {flag} {stored} "
+                f"{path} was trained with {flag} {shown}, got {given}; pass {flag} {shown} "
                 "to resume it"
             )
     if ckpt.epoch >= settings.epochs:
@@ -192,11 +174,11 @@ class _Run:
         settings: TrainSettings,
         config: VAEConfig,
         device: torch.device,
-        out: Path,
         data: MnistImages,
-        previous: Checkpoint | None,
+        previous: Checkpoint | None = None,
+        previous_path: Path | None = None,
     ) -> None:
-        self.settings, self.config, self.device, self.out = settings, config, device, out
+        self.settings, self.config, self.device = settings, config, device
         self.source = data.source
         # (N, 784) uint8 on the device: 47 MB for all of MNIST's training set.
         self.train_images = _as_rows(data.train, device)
@@ -211,25 +193,30 @@ class _Run:
         self.epoch = 0
         self.metrics: list[dict[str, Any]] = []
         if previous is not None:
-            self._restore(previous)
-        self.last_good = self._snapshot()  # what an interrupt saves: the last finished epoch
+            self._restore(previous, previous_path or Path("checkpoint"))
+        self.saved = self.epoch  # epochs model.pt holds (a resumed one: what it held)
 
-    def _restore(self, ckpt: Checkpoint) -> None:
+    def _restore(self, ckpt: Checkpoint, path: Path) -> None:
         self.model.load_state_dict(ckpt.state_dict)
         try:
             self.optimizer.load_state_dict(ckpt.optimizer)  # type: ignore[arg-type]
             self.shuffle_gen.set_state(ckpt.rng["shuffle"])
             self.noise_gen.set_state(ckpt.rng["noise"])
-        except (ValueError, RuntimeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"resume state is damaged: {str(exc).splitlines()[0]}") from None
+            for group in self.optimizer.param_groups:  # Adam's moments must fit the weights
+                for p in group["params"]:
+                    for key, value in self.optimizer.state.get(p, {}).items():
+                        if key != "step" and value.shape != p.shape:
+                            raise ValueError(f"Adam's {key} has shape {list(value.shape)}")
+        except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
+            detail = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+            raise CheckpointError(f"{path}: resume state is damaged ({detail})") from None
         self.epoch, self.metrics = ckpt.epoch, list(ckpt.metrics)
 
     def _snapshot(self) -> Checkpoint:
-        """The state now, copied (the live tensors keep changing), as a checkpoint."""
-        state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        """The state now, as a checkpoint (tensors copied to the CPU)."""
         return Checkpoint(
             config=self.config,
-            state_dict=state,
+            state_dict={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             run={
                 "epochs": self.settings.epochs,
                 "batch_size": self.settings.batch_size,
@@ -245,39 +232,37 @@ class _Run:
             versions={"torch": str(torch.__version__), PRODUCER: vae_runtime.__version__},
         )
 
-    def _save(self, ckpt: Checkpoint) -> None:
-        save_checkpoint(ckpt, self.out / MODEL_FILE)
-        lines = "".join(json.dumps(m) + "\n" for m in ckpt.metrics)
-        with atomic_output(self.out / METRICS_FILE) as tmp:
-            tmp.write_text(lines)
+    def _commit(self, outputs: Outputs, out: Path, ckpt: Checkpoint) -> None:
+        """Stage model.pt, metrics.jsonl and both figures, and replace the four together."""
+        samples, recon = self._figures()
+        outputs.write_bytes(
+            out / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in ckpt.metrics).encode()
+        )
+        outputs.write_bytes(out / SAMPLES_FILE, samples)
+        outputs.write_bytes(out / RECONSTRUCTIONS_FILE, recon)
+        outputs.write_bytes(out / MODEL_FILE, checkpoint_bytes(ckpt))
+        outputs.commit()
+        self.saved = ckpt.epoch
 
-    def fit(self, console: Console, progress: Progress | None) -> Checkpoint:
-        model_path = self.out / MODEL_FILE
-        n_batches = math.ceil(self.train_images.shape[0] / self.settings.batch_size)
-        saved_epoch = -1
+    def fit(
+        self,
+        outputs: Outputs,
+        model_path: Path,
+        log: Callable[[str], None] | None,
+        progress: Progress,
+    ) -> Checkpoint:
+        last = self._snapshot()
         try:
             while self.epoch < self.settings.epochs:
                 epoch = self.epoch + 1
                 start = time.perf_counter()
-                task = None
-                if progress is not None:
-                    task = progress.add_task(
-                        f"epoch {epoch}/{self.settings.epochs}", total=n_batches, loss="-"
-                    )
-                update = _make_update(progress, task, epoch, self.last_good.epoch, model_path)
-                train_bce, train_kl = self._train_epoch(update)
+                progress.start()
+                train_bce, train_kl = self._train_epoch(epoch, progress, model_path)
                 test_bce, test_kl = self._evaluate(epoch)
                 seconds = time.perf_counter() - start
-                if progress is not None and task is not None:
-                    progress.remove_task(task)
+                progress.clear()
                 if not math.isfinite(test_bce + test_kl):
-                    raise _nonfinite(
-                        test_bce + test_kl,
-                        "on the test set",
-                        epoch,
-                        self.last_good.epoch,
-                        model_path,
-                    )
+                    raise self._nonfinite(test_bce + test_kl, "on the test set", epoch, model_path)
                 record = {
                     "epoch": epoch,
                     "train_loss": train_bce + train_kl,
@@ -289,28 +274,34 @@ class _Run:
                     "seconds": round(seconds, 4),
                 }
                 self.epoch, self.metrics = epoch, [*self.metrics, record]
-                self.last_good = self._snapshot()
-                self._save(self.last_good)
-                saved_epoch = epoch
-                console.print(
-                    f"epoch {epoch:>3}/{self.settings.epochs}  train {record['train_loss']:8.2f}  "
-                    f"test {record['test_loss']:8.2f} (bce {test_bce:.2f} + kl {test_kl:.2f})  "
-                    f"{seconds:6.2f} s"
-                )
-        except KeyboardInterrupt:
-            if saved_epoch != self.last_good.epoch:
-                self._save(self.last_good)
-            raise TrainingInterrupted(
-                f"interrupted during epoch {self.last_good.epoch + 1}; {model_path} holds "
-                f"{self.last_good.epoch} finished epoch(s); continue with --resume {model_path}"
-            ) from None
-        self._write_figures()
-        return self.last_good
+                last = self._snapshot()
+                self._commit(outputs, model_path.parent, last)
+                if log is not None:
+                    log(
+                        f"epoch {epoch:>3}/{self.settings.epochs}  train "
+                        f"{record['train_loss']:8.2f}  test {record['test_loss']:8.2f} "
+                        f"(bce {test_bce:.2f} + kl {test_kl:.2f})  {seconds:6.2f} s"
+                    )
+        except KeyboardInterrupt as exc:
+            progress.clear()
+            detail = (
+                f"{model_path} holds {self.saved} finished epoch(s); continue with "
+                f"--resume {model_path}"
+                if self.saved
+                else "no epoch had finished, so no file was changed"
+            )
+            if isinstance(exc, Interrupted):
+                exc.detail = detail
+                raise
+            raise Interrupted(signal.SIGINT, detail) from None
+        return last
 
-    def _train_epoch(self, update: Callable[[int, float], None]) -> tuple[float, float]:
+    def _train_epoch(self, epoch: int, progress: Progress, path: Path) -> tuple[float, float]:
         """One pass over the training set; returns mean BCE and KL per image (nats)."""
         model, optimizer, bs = self.model.train(), self.optimizer, self.settings.batch_size
         n = self.train_images.shape[0]
+        n_batches = math.ceil(n / bs)
+        label = f"epoch {epoch}/{self.settings.epochs}"
         order = torch.randperm(n, generator=self.shuffle_gen).to(self.device)
         # All of the epoch's noise in one draw, (N, latent_dim); row i belongs to position i.
         eps = torch.randn(n, self.config.latent_dim, generator=self.noise_gen).to(self.device)
@@ -321,15 +312,18 @@ class _Run:
         kl_sum = torch.zeros((), dtype=acc, device=self.device)
         for b, start in enumerate(range(0, n, bs)):
             x = shuffled[start : start + bs].float().div_(255.0)  # (B, 784) in [0, 1]
-            # the loss summed over the batch (as the seed does) and its gradient, by hand
-            bce, kl = loss_and_grads(model, x, eps[start : start + bs])
+            logits, mu, logvar = model(x, eps[start : start + bs])
+            bce, kl = loss_terms(logits, x, mu, logvar)  # summed over the batch, as the seed
+            optimizer.zero_grad(set_to_none=True)
+            (bce + kl).backward()
             optimizer.step()
-            bce_sum += bce
-            kl_sum += kl
-            if b == 0 or (b + 1) % _REFRESH_EVERY == 0:  # the first too: no "nan" on the bar
-                update(b + 1, float(bce_sum + kl_sum) / min(n, (b + 1) * bs))
-        total = float(bce_sum + kl_sum) / n
-        update(math.ceil(n / bs), total)
+            bce_sum += bce.detach()
+            kl_sum += kl.detach()
+            if b == 0 or (b + 1) % _REFRESH_EVERY == 0 or b + 1 == n_batches:
+                loss = float(bce_sum + kl_sum) / min(n, (b + 1) * bs)
+                if not math.isfinite(loss):
+                    raise self._nonfinite(loss, "in training", epoch, path)
+                progress.update(label, b + 1, n_batches, loss)
         return float(bce_sum) / n, float(kl_sum) / n
 
     @torch.inference_mode()
@@ -350,18 +344,24 @@ class _Run:
         return bce_sum / n, kl_sum / n
 
     @torch.inference_mode()
-    def _write_figures(self) -> None:
+    def _figures(self) -> tuple[bytes, bytes]:
         """samples.png: 25 latents from the runtime's sampler (same seed, same latents as
         vae-generate), decoded; reconstructions.png: 8 test images above their reconstructions."""
         model = self.model.eval()
         z = torch.from_numpy(sample_latents(25, self.config.latent_dim, self.settings.seed))
         samples = model.decode(z.to(self.device)).cpu().numpy().reshape(25, 28, 28)
-        save_png(tile(samples, 5, 5), self.out / SAMPLES_FILE)
         x = self.test_images[:8].float().div_(255.0)  # (8, 784)
         mu, _ = model.encode(x)
         recon = model.decode(mu)  # the posterior mean's reconstruction, no sampling noise
         pair = torch.cat([x, recon]).cpu().numpy().reshape(-1, 28, 28)
-        save_png(tile(pair, 2, x.shape[0]), self.out / RECONSTRUCTIONS_FILE)
+        return png_bytes(tile(samples, 5, 5)), png_bytes(tile(pair, 2, x.shape[0]))
+
+    def _nonfinite(self, value: float, where: str, epoch: int, path: Path) -> NumericalError:
+        kept = f"{path} keeps epoch {self.saved}" if self.saved else "no file was changed"
+        return NumericalError(
+            f"the loss became {value} {where} in epoch {epoch}; training stopped and {kept}; "
+            "try a smaller --lr"
+        )
 
 
 def _as_rows(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -384,73 +384,3 @@ def _copy_to_cpu(value: Any) -> Any:
 
 def _eval_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def _nonfinite(value: float, where: str, epoch: int, good: int, path: Path) -> NumericalError:
-    kept = f"{path} keeps epoch {good}" if good else f"no checkpoint was written to {path}"
-    return NumericalError(
-        f"the loss became {value} {where} in epoch {epoch}; training stopped and {kept}; "
-        "try a smaller --lr"
-    )
-
-
-def _make_update(
-    progress: Progress | None, task: Any, epoch: int, good: int, path: Path
-) -> Callable[[int, float], None]:
-    def update(done: int, loss: float) -> None:
-        if not math.isfinite(loss):
-            raise _nonfinite(loss, "in training", epoch, good, path)
-        if progress is not None:
-            progress.update(task, completed=done, loss=f"{loss:.2f}")
-
-    return update
-
-
-@contextmanager
-def _progress(console: Console, quiet: bool) -> Iterator[Progress | None]:
-    if quiet or not console.is_terminal:  # a bar in a log file or a pipe is only noise
-        yield None
-        return
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
-    with bar:
-        yield bar
-
-
-@contextmanager
-def _flush_denormals() -> Iterator[None]:
-    """Treat subnormal floats as zero while training. ReLU units that die leave Adam moments that
-    decay geometrically into the subnormal range (a quarter of fc1's after 10 epochs), and
-    arithmetic on subnormals is slow on many x86 cores (on this AMD host the fused Adam step is
-    ~15% slower with them; Intel cores pay far more). Values below 1.2e-38 carry nothing for
-    this model. Restored to torch's default (off) afterwards."""
-    supported = torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        if supported:
-            torch.set_flush_denormal(False)
-
-
-@contextmanager
-def _signals_raise_interrupt() -> Iterator[None]:
-    """Make SIGTERM behave like Ctrl-C (KeyboardInterrupt) while training, in the main thread."""
-    if threading.current_thread() is not threading.main_thread():  # signal() would refuse
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

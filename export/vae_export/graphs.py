@@ -1,0 +1,186 @@
+"""torch -> ONNX for one graph: the export wrappers, the dynamo export, clean-up, metadata, checks.
+
+`graph_bytes(role, model, ...)` is all `onnx_export` needs: one encoder or decoder graph,
+exported with a named dynamic batch axis, slimmed to what inference needs, stamped with the
+contract's metadata and checked by onnx.checker, serialized.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+import vae_runtime
+from vae_runtime import contract as C
+from vae_runtime.errors import VaeError
+from vae_train.model import VAE
+
+TRACE_BATCH = 2  # >= 2 at trace time, so no size-1 axis can be specialised into the graph
+PRODUCER_VERSION = vae_runtime.__version__  # written into graphs and manifest
+_PREFIX = "vae."  # the wrappers hold the model as `vae`; stripped so weights keep seed names
+
+
+class ExportError(VaeError):
+    """torch.onnx.export failed, or produced a graph that breaks the contract."""
+
+
+class _Encoder(nn.Module):
+    """The encoder graph: image (B, 1, 28, 28) -> mu, logvar (B, latent_dim)."""
+
+    def __init__(self, vae: VAE) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vae.encode(torch.flatten(image, 1))  # (B, 784)
+
+
+class _Decoder(nn.Module):
+    """The decoder graph: z (B, latent_dim) -> image (B, 1, 28, 28), sigmoid pixel means."""
+
+    def __init__(self, vae: VAE) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z).reshape(-1, *C.IMAGE_SHAPE)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's chatter (missing torchvision, deprecations): not the user's
+    concern, and it would bury the verification table."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def graph_bytes(
+    role: str, model: VAE, opset: int, source: dict[str, str], training: dict[str, Any]
+) -> bytes:
+    """One graph exported, slimmed, stamped with its metadata and checked; serialized."""
+    if role == "encoder":
+        module, example = _Encoder(model), torch.rand(TRACE_BATCH, *C.IMAGE_SHAPE)
+        names, file = ([C.ENCODER_INPUT], list(C.ENCODER_OUTPUTS)), C.ENCODER_FILE
+    else:
+        module, example = _Decoder(model), torch.randn(TRACE_BATCH, model.config.latent_dim)
+        names, file = ([C.DECODER_INPUT], [C.DECODER_OUTPUT]), C.DECODER_FILE
+    proto = _export_graph(module, example, *names, opset)
+    _slim(proto)
+    _stamp(
+        proto,
+        C.build_metadata(
+            role,
+            model.config.latent_dim,
+            producer_version=PRODUCER_VERSION,
+            source=source,
+            training=training,
+        ),
+    )
+    _check(proto, file)
+    return proto.SerializeToString()
+
+
+def _export_graph(
+    module: nn.Module, example: torch.Tensor, inputs: list[str], outputs: list[str], opset: int
+) -> onnx.ModelProto:
+    """torch.onnx.export (the dynamo exporter) with a named dynamic batch axis, in memory."""
+    batch = torch.export.Dim(C.BATCH_AXIS)
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                module.eval(),
+                (example,),
+                input_names=inputs,
+                output_names=outputs,
+                opset_version=opset,
+                dynamic_shapes=({0: batch},),
+                external_data=False,
+                optimize=True,  # constant folding and dead-code removal by onnxscript
+                verbose=False,
+            )
+    except Exception as exc:  # the exporter raises many internal types; all mean "it failed"
+        text = str(exc).strip()
+        first = text.splitlines()[0][:300] if text else type(exc).__name__
+        raise ExportError(f"torch.onnx.export failed ({type(exc).__name__}): {first}") from None
+    return program.model_proto
+
+
+def _slim(model: onnx.ModelProto) -> None:
+    """Remove what the runtime never needs: exporter metadata, doc strings, value_info shape
+    annotations and unused initializers; give the weights their seed names (fc1.weight, ...)
+    and the nodes short readable names. (torch 2.13's exporter, with optimize=True, already
+    leaves no Identity node, local function or foreign opset domain: nothing to remove there.)"""
+    graph = model.graph
+    model.doc_string = graph.doc_string = ""
+    del model.metadata_props[:]
+    del graph.value_info[:]
+    for value in (*graph.input, *graph.output):
+        value.doc_string = ""
+        del value.metadata_props[:]
+    used = {name for node in graph.node for name in node.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    renames = {t.name: t.name.removeprefix(_PREFIX) for t in graph.initializer}
+    for t in graph.initializer:
+        t.name = renames[t.name]
+    counts: dict[str, int] = {}
+    io_names = {v.name for v in (*graph.input, *graph.output)}
+    for node in graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.doc_string = ""
+        del node.metadata_props[:]
+        weight = node.input[1] if node.op_type == "Gemm" and len(node.input) > 1 else ""
+        base = weight.removesuffix(".weight") if weight.endswith(".weight") else node.op_type
+        base = base if base != node.op_type else base.lower()
+        counts[base] = counts.get(base, 0) + 1
+        node.name = base if counts[base] == 1 else f"{base}_{counts[base]}"
+        # Intermediate tensors are named after the node that makes them (fc1, relu, ...).
+        for old in node.output:
+            if old not in io_names:
+                renames[old] = node.name
+        node.output[:] = [renames.get(name, name) for name in node.output]
+        if node.op_type == "Reshape" and len(node.input) > 1:
+            renames[node.input[1]] = f"{node.name}.shape"
+            node.input[1] = renames[node.input[1]]
+    for t in graph.initializer:
+        t.name = renames.get(t.name, t.name)
+
+
+def _stamp(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    """Producer fields and the contract's metadata_props."""
+    model.producer_name = C.PRODUCER
+    model.producer_version = PRODUCER_VERSION
+    model.graph.name = metadata[C.META_ROLE]
+    onnx.helper.set_model_props(model, metadata)
+
+
+def _check(model: onnx.ModelProto, name: str) -> None:
+    """onnx.checker (full: with strict shape inference) and the contract's names and axes."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"{name}: onnx.checker rejects the exported graph: {exc}") from None
+    for value in (*model.graph.input, *model.graph.output):
+        first = value.type.tensor_type.shape.dim[0]
+        if first.dim_param != C.BATCH_AXIS:
+            raise ExportError(f"{name}: '{value.name}' has no dynamic '{C.BATCH_AXIS}' axis")
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            raise ExportError(f"{name}: weight '{t.name}' refers to external data")

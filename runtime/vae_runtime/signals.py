@@ -1,0 +1,74 @@
+"""SIGINT and SIGTERM as an exception that unwinds cleanly, and sections that hold them off.
+
+The commands call `install()` before anything else; from then on either signal raises
+`Interrupted` in the main thread at the next bytecode, so `with` blocks unwind and remove their
+temporary files. A second signal while the first unwinds is ignored: the clean-up it would cut
+short is what keeps the user's files intact.
+
+Code that must not be cut in half (renaming a set of files into place, removing temporary files)
+runs inside `deferred()`: a signal arriving there is held, and delivered, to whatever handler
+was in place, when the section ends. This works for library users too (no `install()` needed):
+Ctrl-C then raises KeyboardInterrupt after the section instead of in the middle of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+from .errors import Interrupted
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_unwinding = False  # an Interrupted is on its way up: later signals are ignored
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    global _unwinding
+    if _unwinding:
+        return
+    _unwinding = True
+    raise Interrupted(signum)
+
+
+def install() -> None:
+    """Make SIGINT and SIGTERM raise `Interrupted` (exit code 130 and 143 at the CLI)."""
+    global _unwinding
+    _unwinding = False
+    for signum in SIGNALS:
+        signal.signal(signum, _raise_interrupted)
+
+
+def ignore_from_now() -> None:
+    """The command's outcome is settled (done, or its error line is being printed): a signal
+    from now on changes nothing and is ignored."""
+    global _unwinding
+    _unwinding = True
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then deliver the first one that came."""
+    if not _in_main_thread():  # signal handlers run in the main thread only; nothing to hold
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        held.append(signum)
+
+    previous = {signum: signal.signal(signum, hold) for signum in SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            # None: a handler set outside Python, which only the default can stand for
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        if held:
+            signal.raise_signal(held[0])  # runs the restored handler, here, at once

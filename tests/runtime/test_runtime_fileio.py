@@ -1,0 +1,320 @@
+"""fileio.Outputs: the checks before any work, staging, the all-or-nothing commit, the folder lock;
+and the streaming .npy writer built on it."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vae_runtime import signals
+from vae_runtime.errors import (
+    BusyError,
+    Interrupted,
+    InvalidArgumentError,
+    OutputError,
+    OutputRefusedError,
+)
+from vae_runtime.fileio import NpyWriter, Outputs, journal, sha256_file, write_file
+
+
+def snapshot(folder: Path) -> dict[str, bytes | str]:
+    """Every entry under `folder`, hidden ones included: file bytes, or the kind of entry."""
+    found: dict[str, bytes | str] = {}
+    for path in sorted(folder.rglob("*")):
+        key = str(path.relative_to(folder))
+        if path.is_symlink():
+            found[key] = f"link -> {os.readlink(path)}"
+        elif path.is_file():
+            found[key] = path.read_bytes()
+        else:
+            found[key] = "dir" if path.is_dir() else "other"
+    return found
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    (tmp_path / "old.bin").write_bytes(b"old")
+    (tmp_path / "input.bin").write_bytes(b"input")
+    return tmp_path
+
+
+def refuse(folder: Path, targets: list[Path], reads: list[Path], pattern: str) -> None:
+    before = snapshot(folder)
+    with pytest.raises(OutputRefusedError, match=pattern) as info:
+        Outputs(targets, reads=reads)
+    assert info.value.exit_code == 2
+    assert "\n" not in str(info.value)
+    assert snapshot(folder) == before
+
+
+def test_an_input_is_never_an_output_whatever_the_path_says(folder: Path) -> None:
+    source = folder / "input.bin"
+    sub = folder / "sub"
+    sub.mkdir()
+    (folder / "link.bin").symlink_to(source)
+    os.link(source, folder / "hard.bin")
+    for alias in (source, sub / ".." / "input.bin", Path(os.path.relpath(source))):
+        refuse(folder, [alias], [source], "is the input")
+    refuse(folder, [folder / "hard.bin"], [source], "is the input")  # same inode
+    refuse(folder, [source], [folder / "link.bin"], "is the input")  # read through a link
+
+
+def test_only_regular_files_or_nothing_are_replaced(folder: Path) -> None:
+    (folder / "link.bin").symlink_to(folder / "old.bin")
+    os.mkfifo(folder / "fifo")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(folder / "sock"))
+        refuse(folder, [folder / "sock"], [], "is a socket")
+    refuse(folder, [folder / "link.bin"], [], "is a symbolic link")
+    refuse(folder, [folder / "fifo"], [], "is a FIFO")
+    refuse(folder, [folder / "x" / ".."], [], "is not a file name")
+    refuse(folder, [folder], [], "is a folder")
+    with pytest.raises(OutputRefusedError, match="is a character device"):
+        Outputs([Path("/dev/null")])
+
+
+def test_two_outputs_on_one_file_and_existing_files_without_force(folder: Path) -> None:
+    (folder / "sub").mkdir()
+    refuse(folder, [folder / "a", folder / "sub" / ".." / "a"], [], "are the same file")
+    before = snapshot(folder)
+    with pytest.raises(OutputRefusedError, match=r"old.bin already exists; pass --force"):
+        Outputs([folder / "old.bin"], force=False)
+    assert snapshot(folder) == before
+
+
+def test_folders_missing_or_unwritable(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="does not exist; create it first") as info:
+        Outputs([tmp_path / "no" / "f"])
+    assert info.value.exit_code == 1
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(OutputError, match="is not a folder"):
+        Outputs([tmp_path / "file" / "f"])
+    with pytest.raises(OutputError, match="is not a writable folder"):
+        Outputs([tmp_path / "file" / "deeper" / "f"], create_dirs=True)
+
+
+def test_commit_replaces_the_set_and_leaves_nothing_else(folder: Path) -> None:
+    a, b = folder / "old.bin", folder / "new" / "deep" / "b.bin"
+    with Outputs([a, b], create_dirs=True) as out:
+        out.write_bytes(a, b"A1")
+        with out.open(b) as f:
+            f.write(b"B1")
+        assert a.read_bytes() == b"old" and not b.exists()  # nothing visible before the commit
+        out.commit()
+        assert a.read_bytes() == b"A1" and b.read_bytes() == b"B1"
+        out.write_bytes(a, b"A2")  # a second commit of the same object
+        out.commit()
+    assert a.read_bytes() == b"A2"
+    assert sorted(snapshot(folder)) == sorted(
+        ["old.bin", "input.bin", "new", "new/deep", "new/deep/b.bin"]
+    )
+    assert journal[-2:] == [a, b]
+
+
+def test_abort_restores_everything_and_removes_the_folders_it_made(folder: Path) -> None:
+    before = snapshot(folder)
+    a, b = folder / "old.bin", folder / "made" / "here" / "b.bin"
+    with pytest.raises(RuntimeError), Outputs([a, b], create_dirs=True) as out:
+        out.write_bytes(a, b"new")
+        out.write_bytes(b, b"new")
+        raise RuntimeError("stop")
+    assert snapshot(folder) == before
+
+
+def test_a_failing_rename_puts_the_old_files_back(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (folder / "b.bin").write_bytes(b"old b")
+    before = snapshot(folder)
+    real_replace = os.replace
+    calls = []
+
+    def replace(src: object, dst: object) -> None:
+        calls.append(dst)
+        if len(calls) == 2 and Path(str(dst)).name == "b.bin":
+            raise OSError(errno.EIO, "Input/output error")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", replace)
+    a, b = folder / "old.bin", folder / "b.bin"
+    with pytest.raises(OutputError, match=r"b.bin: cannot write it: Input/output error"):  # noqa: SIM117
+        with Outputs([a, b]) as out:
+            out.write_bytes(a, b"new a")
+            out.write_bytes(b, b"new b")
+            out.commit()
+    monkeypatch.undo()
+    assert snapshot(folder) == before
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO, errno.EROFS, errno.EACCES])
+def test_write_errors_name_the_target_not_a_temporary_file(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    before = snapshot(folder)
+    target = folder / "old.bin"
+
+    def failing(self: Path, data: bytes) -> int:
+        raise OSError(code, os.strerror(code), str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", failing)
+    with pytest.raises(OutputError) as info, Outputs([target]) as out:
+        out.write_bytes(target, b"new")
+    monkeypatch.undo()
+    assert str(info.value) == f"{target}: cannot write it: {os.strerror(code)}"
+    assert info.value.errno == code
+    assert snapshot(folder) == before
+
+
+def test_a_target_swapped_for_a_symlink_after_the_check_is_not_replaced(folder: Path) -> None:
+    target = folder / "old.bin"
+    with pytest.raises(OutputRefusedError, match="became a symbolic link"):  # noqa: SIM117
+        with Outputs([target]) as out:
+            out.write_bytes(target, b"new")
+            target.unlink()
+            target.symlink_to(folder / "input.bin")
+            out.commit()
+    assert (folder / "input.bin").read_bytes() == b"input"
+    assert target.is_symlink()
+
+
+def test_one_writer_per_folder(tmp_path: Path) -> None:
+    with Outputs([tmp_path / "a"]), pytest.raises(BusyError, match="another mnist-vae command"):  # noqa: SIM117
+        with Outputs([tmp_path / "b"]):
+            pass
+    with Outputs([tmp_path / "b"]):  # released with the first
+        pass
+
+
+def test_a_killed_writer_leaves_no_stale_lock(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from vae_runtime.fileio import Outputs\n"
+            f"with Outputs([Path({str(tmp_path)!r}) / 'a']):\n"
+            "    print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    with pytest.raises(BusyError):
+        Outputs([tmp_path / "b"]).__enter__()
+    holder.kill()
+    holder.wait()
+    with Outputs([tmp_path / "b"]):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_signals_wait_for_the_commit_to_finish(folder: Path) -> None:
+    signals.install()
+    try:
+        a, b = folder / "old.bin", folder / "b.bin"
+        with pytest.raises(Interrupted) as info, Outputs([a, b]) as out:
+            out.write_bytes(a, b"new a")
+            out.write_bytes(b, b"new b")
+            with signals.deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.01)
+                out.commit()  # held off: both files are replaced before the signal lands
+            raise AssertionError("the held signal was not delivered")
+        assert info.value.exit_code == 143
+        assert a.read_bytes() == b"new a" and b.read_bytes() == b"new b"
+    finally:
+        for signum in signals.SIGNALS:
+            signal.signal(signum, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_write_file_and_sha256(tmp_path: Path) -> None:
+    write_file(tmp_path / "f", b"abc")
+    assert sha256_file(tmp_path / "f") == (
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    )
+    with pytest.raises(InvalidArgumentError, match="not one of this command's outputs"):  # noqa: SIM117
+        with Outputs([tmp_path / "f"]) as out:
+            out.write_bytes(tmp_path / "g", b"")
+
+
+# -- NpyWriter ---------------------------------------------------------------------------------
+
+
+def test_npy_writer_streams_a_valid_file(tmp_path: Path) -> None:
+    data = np.random.default_rng(3).random((10, 1, 28, 28)).astype(np.float32)
+    with NpyWriter(tmp_path / "a.npy", data.shape) as npy:
+        for start in range(0, 10, 4):
+            npy.write(data[start : start + 4])
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), data)
+    assert {p.name for p in tmp_path.iterdir()} == {"a.npy"}
+
+
+def test_npy_writer_leaves_nothing_when_short_or_failing(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="3 of 5 declared rows"):  # noqa: SIM117
+        with NpyWriter(tmp_path / "short.npy", (5, 2)) as npy:
+            npy.write(np.zeros((3, 2), np.float32))
+    with pytest.raises(RuntimeError), NpyWriter(tmp_path / "boom.npy", (5, 2)) as npy:
+        npy.write(np.zeros((3, 2), np.float32))
+        raise RuntimeError("interrupted")
+    with pytest.raises(InvalidArgumentError, match="does not fit"):  # noqa: SIM117
+        with NpyWriter(tmp_path / "dtype.npy", (5, 2)) as npy:
+            npy.write(np.zeros((3, 2), np.float64))
+    with pytest.raises(InvalidArgumentError, match="more than the 2 rows"):  # noqa: SIM117
+        with NpyWriter(tmp_path / "long.npy", (2, 2)) as npy:
+            npy.write(np.zeros((3, 2), np.float32))
+    with pytest.raises(InvalidArgumentError, match="outside its with-block"):
+        NpyWriter(tmp_path / "x.npy", (1, 2)).write(np.zeros((1, 2), np.float32))
+    with pytest.raises(InvalidArgumentError, match="non-negative"):
+        NpyWriter(tmp_path / "x.npy", (-1, 2))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_npy_writer_full_disk_fails_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, offset: int, size: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OutputError, match=r"big.npy: cannot write it: No space left"):  # noqa: SIM117
+        with NpyWriter(tmp_path / "big.npy", (10, 2)):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_npy_writer_without_preallocation_still_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unsupported(fd: int, offset: int, size: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    with NpyWriter(tmp_path / "a.npy", (2, 2)) as npy:
+        npy.write(np.ones((2, 2), np.float32))
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.ones((2, 2)))
+
+
+def test_npy_writer_refuses_what_cannot_fit_without_allocating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Tiny:  # the disk as statvfs reports it, with 1 KiB free
+        f_bavail, f_frsize = 1, 1024
+
+    def never(fd: int, offset: int, size: int) -> None:
+        raise AssertionError("posix_fallocate called for a file that cannot fit")
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Tiny)
+    monkeypatch.setattr(os, "posix_fallocate", never)
+    with pytest.raises(OutputError, match=r"do not fit on the disk \(1,024 free\)"):  # noqa: SIM117
+        with NpyWriter(tmp_path / "big.npy", (10, 784)):
+            pass
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,17 @@
+"""`vae-train` (also `python -m vae_train`): signal handlers first, then a one-line hint if torch
+is missing, then the command (vae_train.cli)."""
+
+from __future__ import annotations
+
+from vae_runtime._entry import run
+
+from .cli import INSTALL_HINT
+
+
+def main() -> None:
+    """Console entry point of `vae-train`."""
+    run("vae-train", "vae_train.cli:app", requires=("torch",), hint=INSTALL_HINT)
+
+
+if __name__ == "__main__":
+    main()
