@@ -35,8 +35,8 @@ def export(
         None,
         "--data-dir",
         envvar=DATA_DIR_ENV,
-        help=f"MNIST IDX folder [default: ${DATA_DIR_ENV}]: its test images check the encoder  "
-        "[without one: the model's own decoded samples]",
+        help="MNIST IDX folder: its test images check the encoder  [without one: the model's "
+        "own decoded samples]",
     ),
 ) -> None:
     """Export MODEL.PT to ONNX and verify it against PyTorch before keeping anything."""

@@ -74,6 +74,7 @@ def graph_bytes(
     role: str, model: VAE, opset: int, source: dict[str, str], training: dict[str, Any]
 ) -> bytes:
     """One graph exported, slimmed, stamped with its metadata and checked; serialized."""
+    module: nn.Module
     if role == "encoder":
         module, example = _Encoder(model), torch.rand(TRACE_BATCH, *C.IMAGE_SHAPE)
         names, file = ([C.ENCODER_INPUT], list(C.ENCODER_OUTPUTS)), C.ENCODER_FILE
@@ -93,7 +94,8 @@ def graph_bytes(
         ),
     )
     _check(proto, file)
-    return proto.SerializeToString()
+    data: bytes = proto.SerializeToString()
+    return data
 
 
 def _export_graph(
@@ -118,6 +120,8 @@ def _export_graph(
         text = str(exc).strip()
         first = text.splitlines()[0][:300] if text else type(exc).__name__
         raise ExportError(f"torch.onnx.export failed ({type(exc).__name__}): {first}") from None
+    if program is None:  # only with dynamo=False and a file path, never here
+        raise ExportError("torch.onnx.export returned no program")
     return program.model_proto
 
 

@@ -144,15 +144,15 @@ def compare_graph(
     names = list(ENCODER_OUTPUTS) if isinstance(graph, Encoder) else [DECODER_OUTPUT]
     out: list[Comparison] = []
     for case, data in cases.items():
-        worst = {name: [0.0, 0.0, True] for name in names}  # max abs, max rel, passed
+        worst = {name: (0.0, 0.0, True) for name in names}  # max abs, max rel, passed
         for b in batch_sizes:
             batch = np.ascontiguousarray(data[:b])
             got = _run(graph, batch, names)
             want = reference(batch)
             for name in names:
                 abs_d, rel_d, ok = _difference(got.get(name), want.get(name), atol, rtol)
-                w = worst[name]
-                w[0], w[1], w[2] = max(w[0], abs_d), max(w[1], rel_d), bool(w[2] and ok)
+                w_abs, w_rel, w_ok = worst[name]
+                worst[name] = (max(w_abs, abs_d), max(w_rel, rel_d), w_ok and ok)
         for name in names:
             max_abs, max_rel, ok = worst[name]
             out.append(

@@ -72,7 +72,8 @@ class VaeCommand(TyperCommand):
         prog = prog_name or self.name or "mnist-vae"
         argv = list(sys.argv[1:] if args is None else args)
         fileio.journal.clear()
-        code, line, error = 0, "", None
+        code, line = 0, ""
+        error: BaseException | None = None
         try:
             with self.make_context(prog, argv, **extra) as ctx:
                 self.invoke(ctx)

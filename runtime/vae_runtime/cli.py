@@ -7,6 +7,7 @@ on stderr through `VaeCommand`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -23,7 +24,7 @@ _PROVIDERS_HELP = (
 _THREADS_HELP = "Threads per graph run (default: one per available core)."
 
 
-def _provider_option() -> list[str]:
+def _provider_option() -> Any:
     return typer.Option(
         [], "--provider", help=_PROVIDERS_HELP, show_default=False, metavar="<name>"
     )

@@ -83,20 +83,20 @@ def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
     Booleans and floats are refused (1.0 as a count is a mistake, not a count)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InvalidArgumentError(f"{name} must be an integer, got {value!r}")
-    value = int(value)
-    if value < low or (high is not None and value > high):
+    number = int(value)
+    if number < low or (high is not None and number > high):
         allowed = f">= {low:,}" if high is None else f"in {low:,}..{high:,}"
-        raise InvalidArgumentError(f"{name} must be {allowed}, got {value:,}")
-    return value
+        raise InvalidArgumentError(f"{name} must be {allowed}, got {number:,}")
+    return number
 
 
 def check_float(name: str, value: Any, low: float, high: float) -> float:
     """`value` as a finite float in [low, high], else InvalidArgumentError."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidArgumentError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and low <= value <= high):
+    number = float(value)
+    if not (math.isfinite(number) and low <= number <= high):
         raise InvalidArgumentError(
-            f"{name} must be a finite number in {low:g}..{high:g}, got {value}"
+            f"{name} must be a finite number in {low:g}..{high:g}, got {number}"
         )
-    return value
+    return number

@@ -443,7 +443,7 @@ class NpyWriter:
         if self.rows + batch.shape[0] > self.shape[0]:
             raise InvalidArgumentError(f"more than the {self.shape[0]} rows declared")
         with naming(self.path):
-            self._file.write(memoryview(np.ascontiguousarray(batch)).cast("B"))
+            self._file.write(np.ascontiguousarray(batch).data.cast("B"))
         self.rows += batch.shape[0]
 
     def __exit__(

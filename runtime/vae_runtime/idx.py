@@ -8,13 +8,13 @@ big-endian uint32 per dimension, then the data in C order. MNIST's magic numbers
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import stat
 import struct
 import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -65,7 +65,13 @@ def read_idx(path: Path | str, magic: int | None = None, *, limit: int | None = 
 
 
 def _read(
-    f: BinaryIO, path: Path, magic: int | None, limit: int | None, size: int, *, wraps: bool
+    f: io.BufferedIOBase,
+    path: Path,
+    magic: int | None,
+    limit: int | None,
+    size: int,
+    *,
+    wraps: bool,
 ) -> np.ndarray:
     head = f.read(4)
     if len(head) < 4:
@@ -100,7 +106,7 @@ def _read(
         )
     rows = shape[0] if limit is None else min(limit, shape[0])
     out = np.empty((rows, *shape[1:]), dtype=np.uint8)
-    view = memoryview(out.reshape(-1)).cast("B")
+    view = out.reshape(-1).data.cast("B")  # the array's own memory, filled in place
     done = 0
     while done < len(view):
         got = f.readinto(view[done : done + _CHUNK])

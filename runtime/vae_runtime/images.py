@@ -41,7 +41,8 @@ def to_uint8(images: Any) -> np.ndarray:
         raise InvalidArgumentError(f"images must be uint8 or float in [0, 1], got {array.dtype}")
     if not np.isfinite(array).all():
         raise NumericalError("images contain NaN or infinite pixels; the model is broken")
-    return np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+    pixels: np.ndarray = np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return pixels
 
 
 def grid_size(

@@ -118,16 +118,18 @@ def interpolate(z0: Any, z1: Any, steps: int, method: str = "slerp") -> np.ndarr
     if a.shape != b.shape:
         raise InvalidArgumentError(f"latents differ in size: {a.shape[0]} and {b.shape[0]}")
     t = np.linspace(0.0, 1.0, steps)[:, None]  # (steps, 1)
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    line: np.ndarray = ((1 - t) * a + t * b).astype(np.float32)
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
     if method == "lerp" or na == 0.0 or nb == 0.0 or not math.isfinite(na * nb):
-        return ((1 - t) * a + t * b).astype(np.float32)
+        return line
     ua, ub = a / na, b / nb
     omega = math.acos(float(np.clip(ua @ ub, -1.0, 1.0)))
     if math.sin(omega) < 1e-6:  # (anti)parallel: no unique great circle, walk the line
-        return ((1 - t) * a + t * b).astype(np.float32)
+        return line
     direction = (np.sin((1 - t) * omega) * ua + np.sin(t * omega) * ub) / math.sin(omega)
     norm = (1 - t) * na + t * nb
-    return (direction * norm).astype(np.float32)
+    arc: np.ndarray = (direction * norm).astype(np.float32)
+    return arc
 
 
 def manifold_latents(rows: int, cols: int, temperature: float = 1.0) -> np.ndarray:

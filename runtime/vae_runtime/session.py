@@ -66,6 +66,9 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     options.intra_op_num_threads = threads or cpu_count()
     options.log_severity_level = 3  # errors only: warnings would break the one-line contract
+    # The process-wide logger too: onnxruntime logs through it before a session's own logger
+    # exists (environment set-up, device discovery), and its warnings are not the user's to read.
+    ort.set_default_logger_severity(3)
     return options
 
 

@@ -45,8 +45,8 @@ def train_command(
     data_dir: Path | None = typer.Option(
         None,
         envvar=DATA_DIR_ENV,
-        help=f"Folder with MNIST IDX files (gzip or raw), read as is [default: ${DATA_DIR_ENV}, "
-        "else ~/.cache/mnist-vae/mnist, downloaded on first use].",
+        help="Folder with MNIST IDX files (gzip or raw), read as is [default: the cache "
+        "~/.cache/mnist-vae/mnist, downloaded into on first use].",
         show_default=False,
     ),
     out: Path = typer.Option(Path("."), help="Folder the outputs go to (made if missing)."),

@@ -61,7 +61,8 @@ class VAE(nn.Module):
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         """(B, latent_dim) -> (B, 784) pre-sigmoid logits (the loss works on these, stably)."""
-        return self.fc4(F.relu(self.fc3(z)))
+        logits: torch.Tensor = self.fc4(F.relu(self.fc3(z)))
+        return logits
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(B, latent_dim) -> (B, 784) pixel means in [0, 1]."""

@@ -315,7 +315,7 @@ class _Run:
             logits, mu, logvar = model(x, eps[start : start + bs])
             bce, kl = loss_terms(logits, x, mu, logvar)  # summed over the batch, as the seed
             optimizer.zero_grad(set_to_none=True)
-            (bce + kl).backward()
+            (bce + kl).backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             bce_sum += bce.detach()
             kl_sum += kl.detach()
