@@ -1,6 +1,6 @@
 # Two entry points on a fresh machine: `make demo` (install, train, export, generate) and
-# `make test` (install, lint, run the suite). Both install into $(VENV), torch pinned first:
-# an unpinned torch would pull the multi-GB CUDA build.
+# `make test` (install; ruff, mypy; the suite with vae_runtime's coverage). Both install into
+# $(VENV), torch pinned first: an unpinned torch would pull the multi-GB CUDA build.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -22,9 +22,10 @@ install: $(VENV)/.installed
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest --cov=vae_runtime --cov-report=term-missing:skip-covered
 
 demo: install
 	mkdir -p $(OUT)
@@ -35,7 +36,10 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/train_threads.py
+	$(BIN)/python bench/commands.py
 	$(BIN)/python bench/generate_speed.py --model $(OUT)/model.pt --decoder $(OUT)/decoder.onnx
+	$(BIN)/python bench/typer_pin.py --decoder $(OUT)/decoder.onnx
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache
