@@ -45,6 +45,16 @@ def to_uint8(images: Any) -> np.ndarray:
     return pixels
 
 
+def check_scale(scale: int, name: str = "scale") -> int:
+    """An upscale factor: 1..MAX_SCALE."""
+    return check_int(name, scale, 1, MAX_SCALE)
+
+
+def grid_rows(n: int, cols: int) -> int:
+    """Rows of a grid of `n` images, `cols` (>= 1) to a row."""
+    return -(-n // check_int("cols", cols, 1))
+
+
 def grid_size(
     rows: int, cols: int, height: int = 28, width: int = 28, padding: int = 2, scale: int = 1
 ) -> tuple[int, int]:
@@ -53,7 +63,7 @@ def grid_size(
     check_int("rows", rows, 1)
     check_int("cols", cols, 1)
     check_int("padding", padding, 0, MAX_PADDING)
-    check_int("scale", scale, 1, MAX_SCALE)
+    check_scale(scale)
     grid_h = (rows * (height + padding) + padding) * scale
     grid_w = (cols * (width + padding) + padding) * scale
     if grid_h * grid_w > MAX_GRID_PIXELS:
@@ -83,7 +93,7 @@ def tile(images: Any, rows: int, cols: int, padding: int = 2, scale: int = 1) ->
 
 def upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
     """Repeat every pixel of uint8 (..., H, W) `scale` times each way (nearest neighbour)."""
-    check_int("scale", scale, 1, MAX_SCALE)
+    check_scale(scale)
     if scale == 1:
         return pixels
     return np.repeat(np.repeat(pixels, scale, axis=-2), scale, axis=-1)

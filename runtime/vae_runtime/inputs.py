@@ -44,11 +44,16 @@ _SIDE = 28
 _IDX_STARTS = (b"\x1f\x8b", b"\x00\x00\x08")  # gzip, or an uint8 IDX header
 
 
+def check_limit(limit: int) -> int:
+    """How many images one call may read: 1..MAX_INPUTS."""
+    return check_int("count", limit, 1, MAX_INPUTS)
+
+
 def load_inputs(paths: Sequence[Path | str], limit: int) -> np.ndarray:
     """Read images from `paths` in order (image files, or IDX files of many images each) until
     `limit` are collected: uint8 (N, 28, 28), 1 <= N <= limit. Files past the limit are not read,
     and of an IDX file only the images needed."""
-    check_int("count", limit, 1, MAX_INPUTS)
+    check_limit(limit)
     if not paths:
         raise InvalidArgumentError("no input images given")
     chunks: list[np.ndarray] = []

@@ -26,6 +26,7 @@ MAX_SAMPLES = 10**9  # per stream (iter_latents, vae-generate --npy): 3 TB of im
 MAX_BATCH_SIZE = 1 << 16  # rows per graph run: 200 MB of images at most
 MAX_IN_MEMORY_BYTES = 1 << 31  # arrays returned whole (sample_latents, Decoder.sample): 2 GiB
 MAX_STEPS = 10_000  # interpolation steps
+METHODS = ("slerp", "lerp")
 DEFAULT_STREAM_BATCH = 4096
 
 
@@ -102,6 +103,15 @@ def _as_latent(z: Any, name: str) -> np.ndarray:
     return a
 
 
+def check_path(steps: int, method: str) -> None:
+    """The rules of an interpolation: 2..MAX_STEPS steps, method one of METHODS."""
+    check_int("steps", steps, 2, MAX_STEPS)
+    if method not in METHODS:
+        raise InvalidArgumentError(
+            f"interpolation method must be {' or '.join(map(repr, METHODS))}, got {method!r}"
+        )
+
+
 def interpolate(z0: Any, z1: Any, steps: int, method: str = "slerp") -> np.ndarray:
     """Latents on the path from `z0` to `z1` (both (d,)), ends included: float32 (steps, d).
 
@@ -109,11 +119,7 @@ def interpolate(z0: Any, z1: Any, steps: int, method: str = "slerp") -> np.ndarr
     linearly: under a Gaussian prior, the straight line's midpoint has a norm far below typical
     samples (it passes near the mode, which decodes to blurry averages), the arc does not.
     """
-    check_int("steps", steps, 2, MAX_STEPS)
-    if method not in ("lerp", "slerp"):
-        raise InvalidArgumentError(
-            f"interpolation method must be 'lerp' or 'slerp', got {method!r}"
-        )
+    check_path(steps, method)
     a, b = _as_latent(z0, "z0"), _as_latent(z1, "z1")
     if a.shape != b.shape:
         raise InvalidArgumentError(f"latents differ in size: {a.shape[0]} and {b.shape[0]}")

@@ -11,7 +11,6 @@ no more memory than one batch.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -22,9 +21,10 @@ from .errors import InvalidArgumentError, check_int
 from .fileio import NpyWriter, Outputs
 from .images import (
     MAX_GRID_PIXELS,
-    MAX_SCALE,
     check_frame_ms,
+    check_scale,
     gif_bytes,
+    grid_rows,
     grid_size,
     image_file_names,
     png_bytes,
@@ -32,10 +32,10 @@ from .images import (
     to_uint8,
     upscale,
 )
-from .inputs import load_inputs
+from .inputs import check_limit, load_inputs
 from .sampling import (
-    MAX_STEPS,
     check_batch_size,
+    check_path,
     check_sampling,
     interpolate,
     manifold_latents,
@@ -173,13 +173,11 @@ def write_interpolation(
     samples (`from_seed`, `to_seed`, at `temperature`), or, with `encoder_path`, the latent means
     of the first two images in `inputs`. Writes a grid PNG (`cols` per row, default all in one
     row), an animated GIF that goes there and back, and/or the float32 images as .npy."""
-    check_int("steps", steps, 2, MAX_STEPS)
-    if method not in ("lerp", "slerp"):
-        raise InvalidArgumentError(f"method must be 'lerp' or 'slerp', got {method!r}")
-    cols = steps if cols is None else check_int("cols", cols, 1)
-    grid_size(math.ceil(steps / cols), cols, _SIDE, _SIDE, padding, scale)
+    check_path(steps, method)
+    cols = steps if cols is None else cols
+    grid_size(grid_rows(steps, cols), cols, _SIDE, _SIDE, padding, scale)
     if gif is not None:
-        check_int("gif scale", gif_scale, 1, MAX_SCALE)
+        check_scale(gif_scale, "gif scale")
         frames_px = (2 * steps - 2) * (_SIDE * gif_scale) ** 2
         if frames_px > MAX_GRID_PIXELS:
             raise InvalidArgumentError(
@@ -228,7 +226,7 @@ def write_interpolation(
                 gif, gif_bytes(upscale(there_and_back, gif_scale), frame_ms=frame_ms)
             )
         if out is not None:
-            grid = tile(pixels, math.ceil(steps / cols), cols, padding, scale)
+            grid = tile(pixels, grid_rows(steps, cols), cols, padding, scale)
             outputs.write_bytes(out, png_bytes(grid))
         outputs.commit()
     written = ", ".join(str(p) for p in (out, gif, npy) if p is not None)
@@ -252,9 +250,8 @@ def write_reconstructions(
     """Encode up to `count` images from `inputs` (image or IDX files, see inputs.CONVERSION),
     decode their latent means, and write a grid PNG: each row of `cols` originals is followed
     by the row of their reconstructions. `npy`: the reconstructions, float32 (N, 1, 28, 28)."""
-    check_int("count", count, 1)
-    check_int("cols", cols, 1)
-    grid_size(2 * math.ceil(count / cols), cols, _SIDE, _SIDE, padding, scale)
+    check_limit(count)
+    grid_size(2 * grid_rows(count, cols), cols, _SIDE, _SIDE, padding, scale)
     if not inputs:
         raise InvalidArgumentError("no input images given")
     session_options(threads)
@@ -270,7 +267,7 @@ def write_reconstructions(
         recon = decoder.decode(mu)  # (N, 1, 28, 28)
         n = originals.shape[0]
         used_cols = min(cols, n)
-        blocks = math.ceil(n / used_cols)
+        blocks = grid_rows(n, used_cols)
         cells = np.zeros((blocks, 2, used_cols, _SIDE, _SIDE), dtype=np.uint8)  # black when short
         flat = cells.reshape(blocks, 2, used_cols * _SIDE * _SIDE)
         for row, pixels in ((0, originals), (1, to_uint8(recon))):

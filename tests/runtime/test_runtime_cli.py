@@ -341,7 +341,7 @@ def test_interpolate_between_images(graphs, work: Path, make_digits) -> None:
     ("extra", "pattern"),
     [
         (["--steps", "1"], r"steps must be in 2\.\.10,000, got 1"),
-        (["--method", "cubic"], "'lerp' or 'slerp'"),
+        (["--method", "cubic"], "'slerp' or 'lerp'"),
         (["--temperature", "nan"], "temperature"),
         (["--steps", "400", "--gif-scale", "40"], "above the cap"),
         (["a.png"], "need --encoder"),
