@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -16,10 +17,35 @@ from collections.abc import Sequence
 from . import signals
 from .errors import EXIT_FAILURE, Interrupted
 
+REINSTALL = "reinstall mnist-vae: pip install --force-reinstall mnist-vae"
 
-def run(prog: str, app: str, requires: Sequence[str] = (), hint: str = "") -> None:
+
+def _import_quietly(name: str) -> None:
+    """Import `name` with file descriptor 2 pointed at /dev/null. onnxruntime's import writes a
+    coloured telemetry warning straight to it when ~/.cache is not writable ("Failed to persist
+    telemetry device ID"); no Python or onnxruntime setting turns that one off (1.32)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        importlib.import_module(name)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def run(
+    prog: str,
+    app: str,
+    requires: Sequence[str] = (),
+    hint: str = "",
+    quiet_imports: Sequence[str] = ("onnxruntime",),
+) -> None:
     """Start command `prog`: signal handlers, then a one-line `hint` if a module in `requires`
-    is not installed, then import `app` ("package.module:attribute") and run it."""
+    is not installed, then the `quiet_imports` (see `_import_quietly`), then import `app`
+    ("package.module:attribute") and run it."""
     signals.install()
     try:
         for name in requires:
@@ -37,6 +63,15 @@ def run(prog: str, app: str, requires: Sequence[str] = (), hint: str = "") -> No
             # Third-party warnings (numpy on extreme values, exporters' deprecations) are not
             # the user's concern, and they would break the one-line promise.
             warnings.simplefilter("ignore")
+            for name in quiet_imports:
+                try:
+                    _import_quietly(name)
+                except ImportError as exc:
+                    print(
+                        f"{prog}: error: {name} cannot be imported ({exc}); {hint or REINSTALL}",
+                        file=sys.stderr,
+                    )
+                    sys.exit(EXIT_FAILURE)
         command = getattr(importlib.import_module(module), attribute)
         command(prog_name=prog)  # VaeCommand.main: every outcome below is handled there
     except Interrupted as exc:  # before the command started: nothing was written

@@ -96,18 +96,28 @@ def _nearest_existing(folder: Path) -> Path:
     return folder
 
 
+def _unwritable(folder: Path) -> str:
+    """Why `folder` cannot be written in, as the OS would say it ("" when it can)."""
+    if os.access(folder, os.W_OK | os.X_OK):
+        return ""
+    read_only = os.statvfs(folder).f_flag & os.ST_RDONLY
+    return os.strerror(errno.EROFS if read_only else errno.EACCES)
+
+
 def _check_folder(folder: Path, create: bool) -> None:
     if folder.exists():
         if not folder.is_dir():
-            raise OutputError(f"output folder {folder} is not a folder")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise OutputError(f"output folder {folder} is not writable; choose another folder")
+            raise OutputRefusedError(f"output folder {folder} is not a folder; choose a folder")
+        if reason := _unwritable(folder):
+            raise OutputError(f"output folder {folder} is not writable: {reason}")
         return
     if not create:
         raise OutputError(f"output folder {folder} does not exist; create it first")
     above = _nearest_existing(folder)
-    if not above.is_dir() or not os.access(above, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot create output folder {folder}: {above} is not a writable folder")
+    if not above.is_dir():
+        raise OutputRefusedError(f"cannot create output folder {folder}: {above} is not a folder")
+    if reason := _unwritable(above):
+        raise OutputError(f"cannot create output folder {folder} in {above}: {reason}")
 
 
 class Outputs:
@@ -234,6 +244,11 @@ class Outputs:
                 "to finish or choose another output folder"
             ) from None
         self._locks.append(fd)
+        # Holding the lock, no live writer stages here: staging folders left by a process that
+        # was killed outright (SIGKILL, power loss) are removed now.
+        for stale in folder.glob(f"{_STAGING_PREFIX}*"):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
 
     def _close(self) -> None:
         """Remove staged files, staging folders and empty folders made here; release locks."""

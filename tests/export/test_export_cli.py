@@ -81,8 +81,8 @@ def _no_export(*args: object, **kwargs: object) -> None:
 @pytest.mark.parametrize(
     ("make_args", "code", "expected"),
     [
-        (lambda tmp: ["--out-dir", tmp / "file.txt"], 1, "is not a folder"),
-        (lambda tmp: ["--out-dir", tmp / "file.txt" / "x"], 1, "cannot create output folder"),
+        (lambda tmp: ["--out-dir", tmp / "file.txt"], 2, "is not a folder"),
+        (lambda tmp: ["--out-dir", tmp / "file.txt" / "x"], 2, "cannot create output folder"),
         (lambda tmp: ["--opset", "9"], 2, r"opset must be in 17\.\."),
         (lambda tmp: ["--opset", str(2**80)], 2, r"opset must be in 17\.\."),
         (lambda tmp: ["--data-dir", tmp / "empty"], 1, "no t10k-images-idx3-ubyte"),

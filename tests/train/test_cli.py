@@ -91,7 +91,7 @@ def test_missing_output_folder_is_created(tmp_path: Path, mnist_dir: Path) -> No
 def test_output_folder_that_cannot_be_made(tmp_path: Path, mnist_dir: Path) -> None:
     (tmp_path / "a-file").write_text("not a folder")
     result = invoke(*TINY, "--data-dir", mnist_dir, "--out", tmp_path / "a-file" / "run")
-    expect_error(result, 1, "cannot create output folder")
+    expect_error(result, 2, "cannot create output folder")
 
 
 def test_no_network_and_no_data_is_one_line(

@@ -10,7 +10,7 @@ from .cli import INSTALL_HINT
 
 def main() -> None:
     """Console entry point of `vae-train`."""
-    run("vae-train", "vae_train.cli:app", requires=("torch",), hint=INSTALL_HINT)
+    run("vae-train", "vae_train.cli:app", ("torch",), INSTALL_HINT, quiet_imports=())
 
 
 if __name__ == "__main__":
