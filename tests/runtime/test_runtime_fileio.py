@@ -318,3 +318,15 @@ def test_npy_writer_refuses_what_cannot_fit_without_allocating(
         with NpyWriter(tmp_path / "big.npy", (10, 784)):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_staging_left_by_a_killed_writer_is_removed_by_the_next(tmp_path: Path) -> None:
+    stale = tmp_path / ".mnist-vae-k1ll3d"
+    stale.mkdir()
+    (stale / "samples.png").write_bytes(b"half a png")
+    (tmp_path / ".mnist-vae-note").write_text("a file, not a staging folder: kept")
+    with Outputs([tmp_path / "a"]) as out:
+        assert not stale.exists()
+        out.write_bytes(tmp_path / "a", b"A")
+        out.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".mnist-vae-note", "a"]
