@@ -96,9 +96,9 @@ def test_folders_missing_or_unwritable(tmp_path: Path) -> None:
         Outputs([tmp_path / "no" / "f"])
     assert info.value.exit_code == 1
     (tmp_path / "file").write_bytes(b"")
-    with pytest.raises(OutputError, match="is not a folder"):
+    with pytest.raises(OutputRefusedError, match="is not a folder"):
         Outputs([tmp_path / "file" / "f"])
-    with pytest.raises(OutputError, match="is not a writable folder"):
+    with pytest.raises(OutputRefusedError, match=r"cannot create .*deeper: .*file is not a folder"):
         Outputs([tmp_path / "file" / "deeper" / "f"], create_dirs=True)
 
 
