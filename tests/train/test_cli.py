@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import socket
 import subprocess
 import sys
@@ -168,3 +169,40 @@ def test_existing_model_is_kept_unless_forced_or_resumed(tmp_path: Path, mnist_d
     assert invoke(*base, "--epochs", "2", "--resume", model).exit_code == 0  # resuming it: fine
     assert invoke(*base, "--epochs", "1", "--seed", "7", "--force").exit_code == 0
     assert model.read_bytes() != before
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "bound"),
+    [
+        ([], {}, True),
+        (["--no-bind-threads"], {}, False),
+        ([], {"VAE_BIND_THREADS": "0"}, False),
+        (["--bind-threads"], {"VAE_BIND_THREADS": "0"}, True),
+    ],
+)
+def test_thread_binding_is_one_visible_setting(
+    tmp_path: Path,
+    mnist_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    env: dict[str, str],
+    bound: bool,
+) -> None:
+    monkeypatch.delenv("OMP_PROC_BIND", raising=False)
+    monkeypatch.delenv("OMP_PLACES", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = invoke(*TINY, "--epochs", 1, "--data-dir", mnist_dir, "--out", tmp_path, "-q", *args)
+    assert result.exit_code == 0, result.output
+    assert ("OMP_PROC_BIND" in os.environ) is bound
+    assert os.environ.get("OMP_PLACES") == ("cores" if bound else None)
+
+
+def test_the_users_own_binding_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vae_train.cli import bind_threads
+
+    monkeypatch.setenv("OMP_PROC_BIND", "spread")
+    monkeypatch.delenv("OMP_PLACES", raising=False)
+    bind_threads(True)
+    assert os.environ["OMP_PROC_BIND"] == "spread"
+    assert os.environ["OMP_PLACES"] == "cores"
