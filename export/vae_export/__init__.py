@@ -7,7 +7,8 @@ import torch (1.1 s), and only onnx_export, graphs and verify need it.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 
 # The opset range is declared here, not in onnx_export, because `vae-export --help` shows it.
 DEFAULT_OPSET = 18  # the dynamo exporter's native minimum; onnxruntime >= 1.14 runs it
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from .verify import Report, VerificationError, verify_graphs
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     """Import the public names of onnx_export, graphs and verify on first access."""
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

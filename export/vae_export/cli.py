@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from vae_runtime import signals
 from vae_runtime._cli import VaeCommand, make_app
 from vae_train.data import DATA_DIR_ENV  # torch-free, like this module
 
@@ -40,7 +41,8 @@ def export(
     ),
 ) -> None:
     """Export MODEL.PT to ONNX and verify it against PyTorch before keeping anything."""
-    from .onnx_export import export_checkpoint  # torch loads only now
+    with signals.deferred():  # torch loads only now; its native start-up is not to be cut
+        from .onnx_export import export_checkpoint
 
     export_checkpoint(
         checkpoint,

@@ -19,7 +19,7 @@ from torch import nn
 
 import vae_runtime
 from vae_runtime import contract as C
-from vae_runtime.errors import VaeError
+from vae_runtime.errors import VaeError, interruption
 from vae_train.model import VAE
 
 TRACE_BATCH = 2  # >= 2 at trace time, so no size-1 axis can be specialised into the graph
@@ -117,6 +117,9 @@ def _export_graph(
                 verbose=False,
             )
     except Exception as exc:  # the exporter raises many internal types; all mean "it failed"
+        interrupted = interruption(exc)
+        if interrupted is not None:  # a Ctrl-C the exporter wrapped in its own error
+            raise interrupted from None
         text = str(exc).strip()
         first = text.splitlines()[0][:300] if text else type(exc).__name__
         raise ExportError(f"torch.onnx.export failed ({type(exc).__name__}): {first}") from None

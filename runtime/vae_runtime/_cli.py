@@ -13,6 +13,7 @@ line on stderr and an exit code (README, "Exit codes"):
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import traceback
@@ -23,7 +24,7 @@ import typer
 from typer.core import TyperCommand
 
 from . import fileio, signals
-from .errors import EXIT_FAILURE, EXIT_USAGE, Interrupted, VaeError
+from .errors import EXIT_FAILURE, EXIT_USAGE, Interrupted, VaeError, interruption
 
 DEBUG_ENV = "VAE_DEBUG"
 
@@ -44,8 +45,11 @@ def debugging() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+_ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour codes a library put in a message
+
+
 def _line(prog: str, message: str) -> str:
-    return f"{prog}: error: {' '.join(str(message).split())}"
+    return f"{prog}: error: {' '.join(_ESCAPES.sub('', str(message)).split())}"
 
 
 def _kept() -> str:
@@ -75,8 +79,11 @@ class VaeCommand(TyperCommand):
         code, line = 0, ""
         error: BaseException | None = None
         try:
-            with self.make_context(prog, argv, **extra) as ctx:
-                self.invoke(ctx)
+            try:
+                with self.make_context(prog, argv, **extra) as ctx:
+                    self.invoke(ctx)
+            except Exception as exc:  # a Ctrl-C a library wrapped in its own error is a Ctrl-C
+                raise interruption(exc) or exc from None
             signals.ignore_from_now()  # done: a late signal changes nothing
         except typer.Exit as exc:  # --help, or a command that exits on purpose
             code = exc.exit_code

@@ -1,11 +1,22 @@
-"""Console entry points. They install the signal handlers before anything slow is imported, so a
-Ctrl-C or SIGTERM during start-up is one line and exit 130/143 like any other moment.
+"""Console entry points. A signal during start-up is one line and exit 130/143 like at any
+other moment: this module's first statements record SIGINT and SIGTERM (before anything else is
+imported), `run` installs the real handlers and delivers what was recorded.
 
 Only the standard library and `signals` are imported here; `vae_train` and `vae_export` start
 their commands through `run` too (from their `__main__`), naming their app by import path.
 """
 
-from __future__ import annotations
+import signal
+
+_early: list[int] = []  # signals that came before `run` installed the handlers
+
+
+def _remember(signum: int, frame: object) -> None:
+    _early.append(signum)
+
+
+for _signum in (signal.SIGINT, signal.SIGTERM):  # first of all: nothing is imported yet
+    signal.signal(_signum, _remember)
 
 import importlib
 import importlib.util
@@ -48,6 +59,8 @@ def run(
     ("package.module:attribute") and run it."""
     signals.install()
     try:
+        if _early:  # the process was asked to stop before it had done anything
+            raise Interrupted(_early[0])
         for name in requires:
             try:
                 found = importlib.util.find_spec(name) is not None
@@ -57,26 +70,34 @@ def run(
                 print(f"{prog}: error: {name} is not installed; {hint}", file=sys.stderr)
                 sys.exit(EXIT_FAILURE)
         module, _, attribute = app.partition(":")
-        from ._cli import debugging
+        # Signals wait for the imports: a native extension interrupted while it initialises
+        # fails in odd ways (an ImportError, a crash), and nothing is written meanwhile anyway.
+        with signals.deferred():
+            from ._cli import debugging
 
-        if not debugging():
-            # Third-party warnings (numpy on extreme values, exporters' deprecations) are not
-            # the user's concern, and they would break the one-line promise.
-            warnings.simplefilter("ignore")
-            for name in quiet_imports:
-                try:
-                    _import_quietly(name)
-                except ImportError as exc:
-                    print(
-                        f"{prog}: error: {name} cannot be imported ({exc}); {hint or REINSTALL}",
-                        file=sys.stderr,
-                    )
-                    sys.exit(EXIT_FAILURE)
-        command = getattr(importlib.import_module(module), attribute)
+            if not debugging():
+                # Third-party warnings (numpy on extreme values, exporters' deprecations) are
+                # not the user's concern, and they would break the one-line promise.
+                warnings.simplefilter("ignore")
+                for name in quiet_imports:
+                    try:
+                        _import_quietly(name)
+                    except ImportError as exc:
+                        print(
+                            f"{prog}: error: {name} cannot be imported ({exc}); "
+                            f"{hint or REINSTALL}",
+                            file=sys.stderr,
+                        )
+                        sys.exit(EXIT_FAILURE)
+            command = getattr(importlib.import_module(module), attribute)
         command(prog_name=prog)  # VaeCommand.main: every outcome below is handled there
     except Interrupted as exc:  # before the command started: nothing was written
+        signals.ignore_until_exit()
         print(f"{prog}: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except SystemExit:  # the command's outcome, its line already printed
+        signals.ignore_until_exit()
+        raise
 
 
 def vae_generate() -> None:

@@ -78,6 +78,19 @@ class Interrupted(KeyboardInterrupt):
         return f"interrupted by {self.signal_name}; {self.detail or 'no file was changed'}"
 
 
+def interruption(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (Interrupted) in `exc`'s chain of causes, if any: libraries that
+    catch everything (torch's exporter) wrap a Ctrl-C in an error of their own."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
     """`value` as an int in [low, high], else InvalidArgumentError naming `name` and the range.
     Booleans and floats are refused (1.0 as a count is a mistake, not a count)."""

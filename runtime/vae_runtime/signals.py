@@ -5,24 +5,33 @@ The commands call `install()` before anything else; from then on either signal r
 temporary files. A second signal while the first unwinds is ignored: the clean-up it would cut
 short is what keeps the user's files intact.
 
-Code that must not be cut in half (renaming a set of files into place, removing temporary files)
-runs inside `deferred()`: a signal arriving there is held, and delivered, to whatever handler
-was in place, when the section ends. This works for library users too (no `install()` needed):
-Ctrl-C then raises KeyboardInterrupt after the section instead of in the middle of it.
+Code that must not be cut in half (renaming a set of files into place, removing temporary
+files, importing a native extension) runs inside `deferred()`: a signal arriving there is held,
+and delivered, to whatever handler was in place, when the section ends. This works for library
+users too (no `install()` needed): Ctrl-C then raises KeyboardInterrupt after the section
+instead of in the middle of it.
+
+Python runs a handler between any two bytecodes, also inside a finalizer or a weakref callback,
+where an exception cannot propagate ("Exception ignored in ..."): `install()` therefore also
+hooks `sys.unraisablehook`, and an Interrupted lost that way is delivered again a millisecond
+later, in ordinary code.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 from .errors import Interrupted
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _unwinding = False  # an Interrupted is on its way up: later signals are ignored
+_lost: list[int] = []  # signals whose Interrupted was swallowed as "unraisable"
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
@@ -33,12 +42,33 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
+def _redeliver(signum: int, frame: FrameType | None) -> None:
+    if _lost:
+        signal.raise_signal(_lost.pop())  # through the handler in place now (held if deferred)
+
+
+def _catch_lost(hook: Any) -> Any:
+    def unraisable(info: Any) -> None:
+        global _unwinding
+        if not isinstance(info.exc_value, Interrupted):
+            hook(info)
+            return
+        _unwinding = False
+        _lost.append(info.exc_value.signum)
+        signal.signal(signal.SIGALRM, _redeliver)
+        signal.setitimer(signal.ITIMER_REAL, 0.001)
+
+    return unraisable
+
+
 def install() -> None:
     """Make SIGINT and SIGTERM raise `Interrupted` (exit code 130 and 143 at the CLI)."""
     global _unwinding
     _unwinding = False
     for signum in SIGNALS:
         signal.signal(signum, _raise_interrupted)
+    if getattr(sys.unraisablehook, "__name__", "") != "unraisable":
+        sys.unraisablehook = _catch_lost(sys.unraisablehook)
 
 
 def ignore_from_now() -> None:
@@ -46,6 +76,14 @@ def ignore_from_now() -> None:
     from now on changes nothing and is ignored."""
     global _unwinding
     _unwinding = True
+
+
+def ignore_until_exit() -> None:
+    """The process is about to exit with its outcome settled: from now on SIGINT and SIGTERM are
+    ignored outright (CPython puts its default handlers back while it shuts down, and a signal
+    in those last milliseconds would kill the process without its line)."""
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _in_main_thread() -> bool:

@@ -15,7 +15,8 @@ import pytest
 from helpers import expect_error, expect_interrupted
 from typer.testing import CliRunner, Result
 
-from vae_train.cli import INSTALL_HINT, app
+from vae_train.__main__ import INSTALL_HINT
+from vae_train.cli import app
 from vae_train.data import DATA_DIR_ENV, DEFAULT_MIRRORS
 
 TINY = ["--hidden-dim", "16", "--latent-dim", "2", "--batch-size", "128", "--device", "cpu"]

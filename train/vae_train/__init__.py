@@ -8,7 +8,8 @@ to learn that PyTorch is missing, does not import torch (1.1 s of a 1.3 s start:
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 
 _EXPORTS = {
     "Checkpoint": "checkpoint",
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from .training import TrainSettings, train
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from vae_runtime._entry import run
 
-from .cli import INSTALL_HINT
+# Here, not in cli.py: this module must import nothing slow before `run` installs the handlers.
+INSTALL_HINT = "install the training extra: pip install torch==2.13.0 'mnist-vae[train]'"
 
 
 def main() -> None:

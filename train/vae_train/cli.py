@@ -12,11 +12,11 @@ from pathlib import Path
 
 import typer
 
+from vae_runtime import signals
 from vae_runtime._cli import VaeCommand, make_app
 
 from .data import DATA_DIR_ENV
 
-INSTALL_HINT = "install the training extra: pip install torch==2.13.0 'mnist-vae[train]'"
 BIND_THREADS_ENV = "VAE_BIND_THREADS"
 
 app = make_app(
@@ -66,10 +66,11 @@ def train_command(
 ) -> None:
     """Train the seed VAE (784-400-20) on MNIST."""
     bind_threads(bind)
-    from .data import default_cache_dir
-    from .device import Progress
-    from .model import VAEConfig
-    from .training import TrainSettings, train
+    with signals.deferred():  # torch's native start-up is not to be cut in half
+        from .data import default_cache_dir
+        from .device import Progress
+        from .model import VAEConfig
+        from .training import TrainSettings, train
 
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device)
     train(
