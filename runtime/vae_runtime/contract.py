@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from .errors import ModelFileError
+from .errors import InvalidArgumentError, ModelFileError, check_path
 
 FORMAT_VERSION = 1  # of the graphs' metadata and of manifest.json
 PRODUCER = "mnist-vae"
@@ -101,6 +102,10 @@ def build_metadata(
 
 def parse_metadata(props: dict[str, str], path: str) -> GraphInfo:
     """Check a graph's metadata_props against the contract; `path` names the file in errors."""
+    if not isinstance(props, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in props.items()
+    ):
+        raise InvalidArgumentError("graph metadata must be a mapping of strings to strings")
     if META_ROLE not in props or META_FORMAT not in props:
         raise ModelFileError(
             f"{path}: not an mnist-vae graph (no '{META_ROLE}' metadata); "
@@ -116,6 +121,8 @@ def parse_metadata(props: dict[str, str], path: str) -> GraphInfo:
     except (KeyError, ValueError, TypeError, RecursionError) as exc:
         detail = " ".join(str(exc).split())[:120]
         raise ModelFileError(f"{path}: malformed mnist-vae metadata ({detail})") from None
+    if version < 1:
+        raise ModelFileError(f"{path}: graph format version {version} is not a version")
     if version > FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: graph format version {version} is newer than this runtime reads "
@@ -202,11 +209,11 @@ class Manifest:
     @classmethod
     def load(cls, path: Path | str) -> Manifest:
         """Read and check manifest.json; ModelFileError names the file and the bad field."""
-        path = Path(path)
+        path = check_path("manifest path", path)
         try:
             if path.stat().st_size > _MAX_MANIFEST_BYTES:
                 raise ModelFileError(f"{path}: {path.stat().st_size:,} bytes is not a manifest")
-            content = json.loads(path.read_bytes())
+            content = json.loads(path.read_bytes(), parse_constant=_no_constant)
         except OSError as exc:
             raise ModelFileError(f"{path}: cannot read the manifest: {exc.strerror}") from None
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -274,6 +281,10 @@ class Manifest:
                 f"in {self.path}; the file was modified or comes from another export ({fix})"
             )
         return entry
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _is_int(value: Any) -> TypeGuard[int]:

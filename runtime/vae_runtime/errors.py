@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import signal
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # numpy is not imported at start-up (the console entry points import this)
+    import numpy as np
 
 EXIT_FAILURE = 1  # a file, graph, data set or disk let the command down
 EXIT_USAGE = 2  # a bad value or a bad combination of options
@@ -107,9 +112,33 @@ def check_float(name: str, value: Any, low: float, high: float) -> float:
     """`value` as a finite float in [low, high], else InvalidArgumentError."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidArgumentError(f"{name} must be a number, got {value!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int past float's range
+        number = math.inf if value > 0 else -math.inf  # type: ignore[operator]
     if not (math.isfinite(number) and low <= number <= high):
         raise InvalidArgumentError(
             f"{name} must be a finite number in {low:g}..{high:g}, got {number}"
         )
     return number
+
+
+def check_path(name: str, value: Any) -> Path:
+    """`value` as a Path (a str or an os.PathLike), else InvalidArgumentError."""
+    if isinstance(value, bool) or not isinstance(value, str | os.PathLike):
+        raise InvalidArgumentError(f"{name} must be a file path, got {type(value).__name__}")
+    return Path(value)
+
+
+def as_array(name: str, value: Any) -> np.ndarray:
+    """`value` as a numpy array, or InvalidArgumentError for what numpy cannot make one of
+    (ragged nested lists, objects that refuse)."""
+    import numpy as np
+
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgumentError(f"{name} must be an array ({exc})") from None
+    if array.dtype == object:
+        raise InvalidArgumentError(f"{name} must be a numeric array, got objects")
+    return array

@@ -30,9 +30,18 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from . import signals
-from .errors import BusyError, InvalidArgumentError, OutputError, OutputRefusedError
+from .errors import (
+    BusyError,
+    InvalidArgumentError,
+    OutputError,
+    OutputRefusedError,
+    as_array,
+    check_int,
+    check_path,
+)
 
 _STAGING_PREFIX = ".mnist-vae-"  # hidden staging folders; removed on every way out
+_MAX_DIM = 2**62  # sizes and bytes of an .npy that numpy can still read back
 # Every target this process has committed, in order: what an interrupted command reports as
 # kept. The command line clears it when a command starts.
 journal: list[Path] = []
@@ -395,11 +404,18 @@ class NpyWriter:
         *,
         outputs: Outputs | None = None,
     ) -> None:
-        self.path = Path(path)
-        self.shape = tuple(int(d) for d in shape)
-        if not self.shape or any(d < 0 for d in self.shape):
-            raise InvalidArgumentError(f"array shape must be non-negative sizes, got {self.shape}")
-        self.dtype = np.dtype(dtype)
+        self.path = check_path("path", path)
+        if isinstance(shape, str | bytes) or not isinstance(shape, Sequence) or not shape:
+            raise InvalidArgumentError(f"shape must be a sequence of sizes, got {shape!r}")
+        self.shape = tuple(check_int("array size", d, 0, _MAX_DIM) for d in shape)
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            raise InvalidArgumentError(f"dtype {dtype!r} is not a numpy dtype") from None
+        if self.dtype.kind not in "biuf":
+            raise InvalidArgumentError(f"dtype must be numeric, got {self.dtype}")
+        if math.prod(d for d in self.shape if d) * self.dtype.itemsize > _MAX_DIM:
+            raise InvalidArgumentError(f"an array of shape {self.shape} is larger than numpy makes")
         self.rows = 0
         self._outputs = outputs
         self._own: Outputs | None = None
@@ -451,14 +467,20 @@ class NpyWriter:
         """Append `batch` (B, *shape[1:]) of the writer's dtype."""
         if self._file is None:
             raise InvalidArgumentError("NpyWriter.write outside its with-block")
-        if batch.shape[1:] != self.shape[1:] or batch.dtype != self.dtype:
+        batch = as_array("batch", batch)
+        if (
+            batch.ndim != len(self.shape)
+            or batch.shape[1:] != self.shape[1:]
+            or batch.dtype != self.dtype
+        ):
             raise InvalidArgumentError(
                 f"batch {batch.shape} {batch.dtype} does not fit {self.shape} {self.dtype}"
             )
         if self.rows + batch.shape[0] > self.shape[0]:
             raise InvalidArgumentError(f"more than the {self.shape[0]} rows declared")
-        with naming(self.path):
-            self._file.write(np.ascontiguousarray(batch).data.cast("B"))
+        if batch.size:  # (an empty view cannot be cast to bytes; it has none to write)
+            with naming(self.path):
+                self._file.write(np.ascontiguousarray(batch).data.cast("B"))
         self.rows += batch.shape[0]
 
     def __exit__(

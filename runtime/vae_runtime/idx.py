@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, InvalidArgumentError, check_int
+from .errors import DataError, InvalidArgumentError, as_array, check_int, check_path
 from .fileio import write_file
 
 IMAGES_MAGIC = 2051
@@ -38,7 +38,7 @@ def read_idx(path: Path | str, magic: int | None = None, *, limit: int | None = 
     images is refused at once. `magic`, when given (IMAGES_MAGIC or LABELS_MAGIC), must match.
     Raises DataError naming the file and the problem; never returns a partial array.
     """
-    path = Path(path)
+    path = check_path("IDX path", path)
     if limit is not None:
         check_int("count", limit, 0)
     try:
@@ -121,8 +121,8 @@ def _read(
 def write_idx(path: Path | str, array: np.ndarray, *, compress: bool | None = None) -> None:
     """Write a uint8 array as IDX (gzip-compressed if `compress`, default: when the name ends in
     .gz), atomically."""
-    path = Path(path)
-    array = np.asarray(array)  # (ascontiguousarray would make a 0-d array 1-d)
+    path = check_path("IDX path", path)
+    array = as_array("array", array)  # (ascontiguousarray would make a 0-d array 1-d)
     if array.dtype != np.uint8:
         raise InvalidArgumentError(f"IDX writing supports uint8 arrays, got {array.dtype}")
     if not 1 <= array.ndim <= 255 or max(array.shape) >= 2**32:

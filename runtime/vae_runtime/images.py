@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .errors import InvalidArgumentError, NumericalError, check_int
+from .errors import InvalidArgumentError, NumericalError, as_array, check_int
 from .fileio import write_file
 
 MAX_GRID_PIXELS = 1 << 26  # 64 Mpx (64 MiB as uint8): larger grids are refused before allocating
@@ -26,7 +26,7 @@ MAX_FRAME_MS = 60_000
 def to_uint8(images: Any) -> np.ndarray:
     """Pixels -> uint8 (N, H, W): float in [0, 1] (values outside are clipped) of shape
     (N, 1, H, W), (N, H, W) or (H, W), or uint8 as they are. NaN is a NumericalError."""
-    array = np.asarray(images)
+    array = as_array("images", images)
     if array.ndim == 2:
         array = array[None]
     if array.ndim == 4 and array.shape[1] == 1:
@@ -60,10 +60,9 @@ def grid_size(
 ) -> tuple[int, int]:
     """(H, W) of the grid `tile` makes, after checking rows, cols >= 1, 0 <= padding <=
     MAX_PADDING, 1 <= scale <= MAX_SCALE and the size against MAX_GRID_PIXELS."""
-    check_int("rows", rows, 1)
-    check_int("cols", cols, 1)
-    check_int("padding", padding, 0, MAX_PADDING)
-    check_scale(scale)
+    rows, cols = check_int("rows", rows, 1), check_int("cols", cols, 1)
+    height, width = check_int("height", height, 1), check_int("width", width, 1)
+    padding, scale = check_int("padding", padding, 0, MAX_PADDING), check_scale(scale)
     grid_h = (rows * (height + padding) + padding) * scale
     grid_w = (cols * (width + padding) + padding) * scale
     if grid_h * grid_w > MAX_GRID_PIXELS:
@@ -80,6 +79,7 @@ def tile(images: Any, rows: int, cols: int, padding: int = 2, scale: int = 1) ->
     pixels = to_uint8(images)  # (N, h, w)
     n, h, w = pixels.shape
     grid_size(rows, cols, h, w, padding, scale)  # every rule, and the scaled size's cap
+    rows, cols, padding = int(rows), int(cols), int(padding)
     if n > rows * cols:
         raise InvalidArgumentError(f"{n} images do not fit a {rows}x{cols} grid")
     grid_h, grid_w = grid_size(rows, cols, h, w, padding, 1)
@@ -93,14 +93,19 @@ def tile(images: Any, rows: int, cols: int, padding: int = 2, scale: int = 1) ->
 
 def upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
     """Repeat every pixel of uint8 (..., H, W) `scale` times each way (nearest neighbour)."""
-    check_scale(scale)
+    scale = check_scale(scale)
+    pixels = as_array("pixels", pixels)
+    if pixels.dtype != np.uint8 or pixels.ndim < 2:
+        raise InvalidArgumentError(
+            f"pixels must be uint8 (..., H, W), got {pixels.dtype} of shape {pixels.shape}"
+        )
     if scale == 1:
         return pixels
     return np.repeat(np.repeat(pixels, scale, axis=-2), scale, axis=-1)
 
 
 def _grey(pixels: Any) -> np.ndarray:
-    array = np.asarray(pixels)
+    array = as_array("picture", pixels)
     if array.dtype != np.uint8 or array.ndim != 2 or 0 in array.shape:
         raise InvalidArgumentError(
             f"a picture must be uint8 (H, W), got {array.dtype} {array.shape}"
@@ -124,7 +129,7 @@ def gif_bytes(frames: Any, *, frame_ms: int = 100, loop: bool = True) -> bytes:
     """uint8 frames (N, H, W) encoded as an animated greyscale GIF, `frame_ms` per frame,
     looping forever when `loop`."""
     check_frame_ms(frame_ms)
-    array = np.asarray(frames)
+    array = as_array("frames", frames)
     if array.ndim != 3 or array.shape[0] < 1:
         raise InvalidArgumentError(f"GIF frames must be uint8 (N, H, W), got {array.shape}")
     pictures = [Image.fromarray(_grey(f), mode="L") for f in array]

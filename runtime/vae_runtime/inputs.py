@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DataError, InvalidArgumentError, check_int
+from .errors import DataError, InvalidArgumentError, check_int, check_path
 from .idx import IMAGES_MAGIC, read_idx
 
 MAX_INPUT_PIXELS = 1 << 24  # 16 Mpx (e.g. 4096x4096): far above any digit photo, far below a bomb
@@ -54,11 +54,13 @@ def load_inputs(paths: Sequence[Path | str], limit: int) -> np.ndarray:
     `limit` are collected: uint8 (N, 28, 28), 1 <= N <= limit. Files past the limit are not read,
     and of an IDX file only the images needed."""
     check_limit(limit)
+    if isinstance(paths, str | bytes) or not isinstance(paths, Sequence):
+        raise InvalidArgumentError(f"paths must be a list of paths, got {type(paths).__name__}")
     if not paths:
         raise InvalidArgumentError("no input images given")
     chunks: list[np.ndarray] = []
     taken = 0
-    for path in map(Path, paths):
+    for path in (check_path("input path", p) for p in paths):
         if taken >= limit:
             break
         _check_regular(path)
@@ -77,7 +79,7 @@ def load_inputs(paths: Sequence[Path | str], limit: int) -> np.ndarray:
 
 def read_image(path: Path | str) -> np.ndarray:
     """One image file -> uint8 (28, 28), white ink on black (the module docstring's steps)."""
-    path = Path(path)
+    path = check_path("image path", path)
     _check_regular(path)
     with warnings.catch_warnings():
         # Pillow only warns between its own limit and twice it; make that a refusal too.
@@ -133,7 +135,10 @@ def _is_idx(path: Path) -> bool:
 def _to_grey(image: Image.Image) -> np.ndarray:
     """Any Pillow mode -> uint8 (H, W) greyscale, transparency laid over white."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        values = np.asarray(image, dtype=np.float64)
+        # A float (TIFF) image may hold NaN or inf: those pixels count as background.
+        with np.errstate(invalid="ignore"):
+            values = np.asarray(image, dtype=np.float64)
+        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
         top = 65535.0 if values.max(initial=0) > 255 else 255.0
         return np.rint(np.clip(values / top, 0, 1) * 255).astype(np.uint8)
     if "A" in image.mode or "transparency" in image.info:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .contract import MAX_LATENT_DIM
-from .errors import InvalidArgumentError, check_float, check_int
+from .errors import InvalidArgumentError, as_array, check_float, check_int
 
 MAX_SEED = 2**63 - 1  # torch's generators take the same seeds (training draws samples.png too)
 MAX_TEMPERATURE = 1000.0  # far past where the sigmoid saturates; keeps every latent finite
@@ -89,10 +89,7 @@ def _stream(
 
 
 def _as_latent(z: Any, name: str) -> np.ndarray:
-    try:
-        a = np.asarray(z)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgumentError(f"{name} must be a numeric vector ({exc})") from None
+    a = as_array(name, z)
     if a.dtype.kind not in "fiu" or a.ndim != 1 or a.size == 0:
         raise InvalidArgumentError(
             f"{name} must be a non-empty 1-D numeric vector, got {a.dtype} of shape {a.shape}"
@@ -100,6 +97,11 @@ def _as_latent(z: Any, name: str) -> np.ndarray:
     a = a.astype(np.float64)
     if not np.isfinite(a).all():
         raise InvalidArgumentError(f"{name} contains NaN or infinite values")
+    # Every latent on either path is at most the larger end's norm: keep that within float32.
+    with np.errstate(over="ignore"):  # a norm past float64's range is inf: refused below too
+        norm = float(np.linalg.norm(a))
+    if norm > float(np.finfo(np.float32).max):
+        raise InvalidArgumentError(f"{name} has a norm beyond float32's range")
     return a
 
 
@@ -124,18 +126,16 @@ def interpolate(z0: Any, z1: Any, steps: int, method: str = "slerp") -> np.ndarr
     if a.shape != b.shape:
         raise InvalidArgumentError(f"latents differ in size: {a.shape[0]} and {b.shape[0]}")
     t = np.linspace(0.0, 1.0, steps)[:, None]  # (steps, 1)
-    line: np.ndarray = ((1 - t) * a + t * b).astype(np.float32)
+    path = (1 - t) * a + t * b  # (steps, d) float64: the line
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if method == "lerp" or na == 0.0 or nb == 0.0 or not math.isfinite(na * nb):
-        return line
-    ua, ub = a / na, b / nb
-    omega = math.acos(float(np.clip(ua @ ub, -1.0, 1.0)))
-    if math.sin(omega) < 1e-6:  # (anti)parallel: no unique great circle, walk the line
-        return line
-    direction = (np.sin((1 - t) * omega) * ua + np.sin(t * omega) * ub) / math.sin(omega)
-    norm = (1 - t) * na + t * nb
-    arc: np.ndarray = (direction * norm).astype(np.float32)
-    return arc
+    if method == "slerp" and na > 0.0 and nb > 0.0 and math.isfinite(na * nb):
+        ua, ub = a / na, b / nb
+        omega = math.acos(float(np.clip(ua @ ub, -1.0, 1.0)))
+        if math.sin(omega) >= 1e-6:  # (anti)parallel ends have no unique great circle
+            direction = (np.sin((1 - t) * omega) * ua + np.sin(t * omega) * ub) / math.sin(omega)
+            path = direction * ((1 - t) * na + t * nb)
+    latents: np.ndarray = path.astype(np.float32)  # finite: bounded by the ends' norms
+    return latents
 
 
 def manifold_latents(rows: int, cols: int, temperature: float = 1.0) -> np.ndarray:

@@ -31,7 +31,14 @@ from .contract import (
     Manifest,
     parse_metadata,
 )
-from .errors import InvalidArgumentError, ModelFileError, NumericalError, check_int
+from .errors import (
+    InvalidArgumentError,
+    ModelFileError,
+    NumericalError,
+    as_array,
+    check_int,
+    check_path,
+)
 from .sampling import check_batch_size, check_in_memory, iter_latents
 
 if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are never evaluated at run time
@@ -166,7 +173,7 @@ class _Graph:
         """Load `path` and check it against the contract. `providers`: onnxruntime execution
         providers (default CPU); `threads`: intra-op threads (default: one per available core).
         Raises ModelFileError for a wrong, foreign, corrupt or modified file."""
-        path = Path(path)
+        path = check_path("graph path", path)
         options = session_options(threads)
         chosen = check_providers(providers)
         data, manifest = _read_graph(path)
@@ -233,7 +240,7 @@ class _Graph:
 
 def _latents(z: Any, latent_dim: int) -> np.ndarray:
     """Latents as contiguous float32 (N, latent_dim), finite; anything else is refused."""
-    array = np.asarray(z)
+    array = as_array("latents", z)
     if array.dtype.kind not in "fiu" or array.ndim != 2 or array.shape[1] != latent_dim:
         raise InvalidArgumentError(
             f"latents must be numbers of shape (N, {latent_dim}), got {array.dtype} {array.shape}"
@@ -248,7 +255,7 @@ def _latents(z: Any, latent_dim: int) -> np.ndarray:
 def _images(images: Any) -> np.ndarray:
     """uint8 images (0-255) or float images in [0, 1], of shape (N, 28, 28), (N, 1, 28, 28) or
     (28, 28) -> contiguous float32 (N, 1, 28, 28) in [0, 1]; anything else is refused."""
-    array = np.asarray(images)
+    array = as_array("images", images)
     if array.ndim == 2:
         array = array[None]
     ok_shape = array.ndim in (3, 4) and array.shape[-2:] == IMAGE_SHAPE[1:]
@@ -303,7 +310,13 @@ class Decoder(_Graph):
 
     def iter_decode(self, batches: Iterable[Any]) -> Iterator[np.ndarray]:
         """Decode a stream of latent batches, one image batch (B, 1, 28, 28) per latent batch."""
-        for z in batches:
+        try:
+            stream = iter(batches)
+        except TypeError:
+            raise InvalidArgumentError(
+                f"batches must be an iterable of latent arrays, got {type(batches).__name__}"
+            ) from None
+        for z in stream:
             yield self._decode_batch(_latents(z, self.latent_dim))
 
     def sample(self, n: int, seed: int = 0, temperature: float = 1.0) -> np.ndarray:
@@ -325,7 +338,10 @@ class Decoder(_Graph):
 
     def _decode_batch(self, z: np.ndarray) -> np.ndarray:
         (images,) = self._run({DECODER_INPUT: z})
-        return self._finite(images, DECODER_OUTPUT, z)
+        images = self._finite(images, DECODER_OUTPUT, z)
+        # onnxruntime's Sigmoid is an approximation that can return 1.0000001: the contract
+        # says [0, 1], and the encoder takes decoded images back, so clip (in place, cheap).
+        return np.clip(images, 0.0, 1.0, out=images)
 
 
 class Encoder(_Graph):

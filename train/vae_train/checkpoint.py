@@ -163,6 +163,8 @@ def _parse(payload: Any, path: Path) -> Checkpoint:
     for name in ("run", "rng", "versions"):
         if not isinstance(payload.get(name, {}), dict):
             raise bad(f"'{name}' is not a dict")
+    if not all(_is_plain(v) for v in payload.get("run", {}).values()):
+        raise bad("'run' holds values other than numbers and text")
     optimizer = payload.get("optimizer")
     if optimizer is not None and not isinstance(optimizer, dict):
         raise bad("'optimizer' is not a dict")
@@ -180,6 +182,14 @@ def _parse(payload: Any, path: Path) -> Checkpoint:
 
 def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_plain(value: Any) -> bool:
+    """A run setting as vae-train stores it: a number, a string, a bool or None."""
+    return value is None or (
+        isinstance(value, int | float | str)
+        and not (isinstance(value, float) and not math.isfinite(value))
+    )
 
 
 def _is_record(value: Any) -> bool:

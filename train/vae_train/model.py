@@ -23,8 +23,13 @@ class VAEConfig:
     latent_dim: int = 20
 
     def __post_init__(self) -> None:
-        check_int("hidden_dim", self.hidden_dim, 1, MAX_HIDDEN_DIM)
-        check_int("latent_dim", self.latent_dim, 1, MAX_LATENT_DIM)
+        # Stored as plain ints whatever was given (numpy ints would not survive a safe load).
+        object.__setattr__(
+            self, "hidden_dim", check_int("hidden_dim", self.hidden_dim, 1, MAX_HIDDEN_DIM)
+        )
+        object.__setattr__(
+            self, "latent_dim", check_int("latent_dim", self.latent_dim, 1, MAX_LATENT_DIM)
+        )
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

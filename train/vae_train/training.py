@@ -15,6 +15,7 @@ model.pt survives even `--force` until the new run has an epoch to put in its pl
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -72,12 +73,19 @@ class TrainSettings:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        check_int("epochs", self.epochs, 1, MAX_EPOCH)
-        check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
-        check_int("seed", self.seed, 0, MAX_SEED - 1)  # seed + 1 seeds the noise generator
-        if check_float("lr", self.lr, 0.0, MAX_LR) == 0.0:
+        # Stored as plain ints and floats whatever was given: the checkpoint keeps them, and a
+        # numpy number would not survive its safe load.
+        values = {
+            "epochs": check_int("epochs", self.epochs, 1, MAX_EPOCH),
+            "batch_size": check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE),
+            "seed": check_int("seed", self.seed, 0, MAX_SEED - 1),  # seed + 1: the noise's
+            "lr": check_float("lr", self.lr, 0.0, MAX_LR),
+            "device": check_device(self.device),
+        }
+        if values["lr"] == 0.0:
             raise InvalidArgumentError("lr must be > 0, got 0.0")
-        check_device(self.device)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
 
 
 def train(
@@ -130,6 +138,8 @@ def train(
         if data is None:
             data = load_mnist(data_dir, cache_dir=cache_dir, mirrors=mirrors, log=log)
         run = _Run(settings, config, device, data, previous, resume_path)
+        if not resuming_it:
+            run.saved = 0  # model.pt in out_dir holds nothing of this run yet
         with flush_denormals():
             return run.fit(outputs, model_path, log, progress or Progress(enabled=False))
 
@@ -203,15 +213,32 @@ class _Run:
             self.optimizer.load_state_dict(ckpt.optimizer)  # type: ignore[arg-type]
             self.shuffle_gen.set_state(ckpt.rng["shuffle"])
             self.noise_gen.set_state(ckpt.rng["noise"])
-            for group in self.optimizer.param_groups:  # Adam's moments must fit the weights
-                for p in group["params"]:
-                    for key, value in self.optimizer.state.get(p, {}).items():
-                        if key != "step" and value.shape != p.shape:
-                            raise ValueError(f"Adam's {key} has shape {list(value.shape)}")
+            self._trial_step(ckpt)
         except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
             detail = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
             raise CheckpointError(f"{path}: resume state is damaged ({detail})") from None
         self.epoch, self.metrics = ckpt.epoch, list(ckpt.metrics)
+
+    def _trial_step(self, ckpt: Checkpoint) -> None:
+        """One Adam step from the restored state on a copy of the model: whatever torch would
+        choke on at the first real step (a missing moment, a bad lr, betas or eps, a shape)
+        shows up here, as a damaged checkpoint, and the run itself is untouched."""
+        model = copy.deepcopy(self.model)
+        fused = self.device.type in ("cpu", "cuda")
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.settings.lr, fused=fused)
+        # a copy: load_state_dict keeps the very tensors it is given, which the real optimizer
+        # shares, and this step changes them in place
+        optimizer.load_state_dict(copy.deepcopy(ckpt.optimizer))  # type: ignore[arg-type]
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                state = optimizer.state.get(p, {})
+                for key in ("exp_avg", "exp_avg_sq"):
+                    if key in state and state[key].shape != p.shape:
+                        raise ValueError(f"Adam's {key} has shape {list(state[key].shape)}")
+                p.grad = torch.zeros_like(p)
+        optimizer.step()
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise ValueError("a step from Adam's state gives non-finite weights")
 
     def _snapshot(self) -> Checkpoint:
         """The state now, as a checkpoint (tensors copied to the CPU)."""
