@@ -127,7 +127,7 @@ def _is_idx(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
             start = f.read(3)
-    except OSError:
+    except OSError:  # pragma: no cover  (checked just before: gone meanwhile, or not root)
         return False  # read_image reports the problem in its words
     return any(start.startswith(magic) for magic in _IDX_STARTS)
 

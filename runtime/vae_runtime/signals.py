@@ -78,7 +78,7 @@ def ignore_from_now() -> None:
     _unwinding = True
 
 
-def ignore_until_exit() -> None:
+def ignore_until_exit() -> None:  # pragma: no cover  (a console script's last moments)
     """The process is about to exit with its outcome settled: from now on SIGINT and SIGTERM are
     ignored outright (CPython puts its default handlers back while it shuts down, and a signal
     in those last milliseconds would kill the process without its line)."""

@@ -449,3 +449,45 @@ def test_no_third_party_warning_reaches_the_terminal(graphs, tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert done.stdout.startswith("25 images")
+
+
+def test_an_interrupt_after_a_commit_says_what_was_kept(tmp_path: Path) -> None:
+    app = make_app("Commits one file, then is stopped.")
+
+    @app.command(cls=VaeCommand)
+    def command() -> None:
+        with fileio.Outputs([tmp_path / "a.png"]) as out:
+            out.write_bytes(tmp_path / "a.png", b"png")
+            out.commit()
+        raise Interrupted(signal.SIGTERM)
+
+    result = CliRunner().invoke(app, [], prog_name="prog")
+    line = expect_interrupted(result, 143)
+    assert line == f"prog: interrupted by SIGTERM; kept the complete {tmp_path / 'a.png'}; " + (
+        "nothing else was changed"
+    )
+
+
+def test_a_ctrl_c_a_library_wrapped_in_its_own_error_is_still_a_ctrl_c() -> None:
+    try:
+        raise Interrupted(signal.SIGINT)
+    except Interrupted as stop:
+        wrapped = RuntimeError("export failed")
+        wrapped.__cause__ = stop
+    assert expect_interrupted(CliRunner().invoke(_app_raising(wrapped), []), 130)
+
+
+def test_interpolation_and_reconstruction_need_their_inputs(
+    graphs, work: Path, make_digits
+) -> None:
+    args = ["--onnx", graphs["decoder"], "--encoder", graphs["encoder"]]
+    expect_error(run(interpolate_app, args), 2, "--encoder needs two input images")
+    Image.fromarray(make_digits(1, 0)[0][0]).save(work / "one.png")
+    expect_error(run(interpolate_app, [*args, "one.png"]), 2, "two input images needed")
+    from vae_runtime import tasks
+
+    with pytest.raises(InvalidArgumentError, match="nothing to write"):
+        tasks.write_interpolation(graphs["decoder"], None, None)
+    with pytest.raises(InvalidArgumentError, match="no input images given"):
+        tasks.write_reconstructions(graphs["encoder"], graphs["decoder"], [])
+    assert files_in(work) == {"one.png"}

@@ -134,3 +134,11 @@ def test_unreadable_manifests(tmp_path: Path, raw: bytes, message: str) -> None:
         Manifest.load(path)
     with pytest.raises(ModelFileError, match="cannot read the manifest"):
         Manifest.load(tmp_path / "missing.json")
+
+
+def test_a_huge_file_is_no_manifest(tmp_path: Path) -> None:
+    path = tmp_path / contract.MANIFEST_FILE
+    with open(path, "wb") as f:
+        f.truncate(17 << 20)  # sparse: 17 MiB that take no disk
+    with pytest.raises(ModelFileError, match="is not a manifest"):
+        Manifest.load(path)

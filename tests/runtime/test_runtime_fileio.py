@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -330,3 +331,102 @@ def test_staging_left_by_a_killed_writer_is_removed_by_the_next(tmp_path: Path) 
         out.write_bytes(tmp_path / "a", b"A")
         out.commit()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".mnist-vae-note", "a"]
+
+
+def test_a_path_the_os_cannot_even_look_up_is_one_error(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="File name too long"):
+        Outputs([tmp_path / ("x" * 300)])
+
+
+def test_a_folder_made_meanwhile_by_another_process_is_not_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_mkdir = Path.mkdir
+
+    def racing(self: Path, *args: object, **kwargs: object) -> None:
+        real_mkdir(self)  # the other process wins the race
+        raise FileExistsError(17, "File exists", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", racing)
+    with Outputs([tmp_path / "made" / "f"], create_dirs=True):
+        pass
+    assert (tmp_path / "made").is_dir()  # not removed: this command did not make it
+
+
+def test_the_reason_a_folder_cannot_be_made_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a non-root user
+    with pytest.raises(OutputError, match=r"cannot create output folder .*new in .*: Permission"):
+        Outputs([tmp_path / "new" / "f"], create_dirs=True)
+
+
+def test_staged_path_and_npy_size_rules(tmp_path: Path) -> None:
+    with Outputs([tmp_path / "a"]) as out, pytest.raises(InvalidArgumentError, match="nothing is"):
+        out.staged_path(tmp_path / "a")
+    with pytest.raises(InvalidArgumentError, match="larger than numpy makes"):
+        NpyWriter(tmp_path / "x.npy", (2**40, 2**40))
+    with pytest.raises(InvalidArgumentError, match="dtype must be numeric"):
+        NpyWriter(tmp_path / "x.npy", (1,), np.complex64)
+
+
+@pytest.fixture
+def handlers() -> Iterator[None]:
+    """signals.install() for one test; Python's own handlers and unraisable hook afterwards."""
+    import sys
+
+    before = {s: signal.getsignal(s) for s in signals.SIGNALS}
+    hook = sys.unraisablehook
+    signals.install()
+    yield
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
+    sys.unraisablehook = hook
+
+
+def test_a_second_signal_while_the_first_unwinds_is_ignored(handlers: None) -> None:
+    with pytest.raises(Interrupted) as info:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # during the clean-up: must not cut it short
+            time.sleep(0.05)
+    assert info.value.exit_code == 130
+
+
+def test_an_interrupt_lost_in_a_finalizer_is_delivered_again(handlers: None) -> None:
+    import sys
+    from types import SimpleNamespace
+
+    lost = SimpleNamespace(exc_value=Interrupted(signal.SIGTERM), exc_type=Interrupted)
+    sys.unraisablehook(lost)  # what Python calls when a __del__ or a callback raised it
+    with pytest.raises(Interrupted) as info:
+        time.sleep(0.5)  # the timer delivers it again, in ordinary code
+    assert info.value.exit_code == 143
+
+
+def test_signals_are_not_held_outside_the_main_thread() -> None:
+    import threading
+
+    done = []
+
+    def work() -> None:
+        with signals.deferred():
+            done.append(threading.current_thread().name)
+
+    thread = threading.Thread(target=work, name="worker")
+    thread.start()
+    thread.join()
+    assert done == ["worker"]
+
+
+def test_other_unraisable_errors_go_to_the_hook_that_was_there(handlers: None) -> None:
+    import sys
+    from types import SimpleNamespace
+
+    seen = []
+    sys.unraisablehook = signals._catch_lost(seen.append)
+    info = SimpleNamespace(exc_value=ValueError("in a __del__"), exc_type=ValueError)
+    sys.unraisablehook(info)
+    assert seen == [info]

@@ -160,3 +160,24 @@ def test_write_idx_refuses_what_idx_cannot_hold(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="1 to 255 dimensions"):
         write_idx(tmp_path / "f", np.zeros((), np.uint8))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [(IsADirectoryError, "is a folder"), (PermissionError, "permission denied")],
+)
+def test_what_opening_an_idx_file_can_still_say(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: type[OSError], message: str
+) -> None:
+    # the checks before opening see a regular file; the open itself is refused (a folder swapped
+    # in meanwhile, or a user without permission: the tests run as root)
+    import vae_runtime.idx as idx
+
+    write_idx(tmp_path / "a.idx", np.zeros((1, 28, 28), np.uint8))
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise error(13, "refused", str(tmp_path / "a.idx"))
+
+    monkeypatch.setattr(idx, "open", refuse, raising=False)
+    with pytest.raises(DataError, match=message):
+        read_idx(tmp_path / "a.idx")

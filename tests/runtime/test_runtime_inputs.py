@@ -129,3 +129,39 @@ def test_load_inputs_errors(tmp_path: Path) -> None:
         load_inputs([tmp_path / "wide.idx"], 5)
     with pytest.raises(InvalidArgumentError, match=r"count must be in 1\.\."):
         load_inputs([tmp_path / "wide.idx"], 0)
+
+
+def test_odd_input_paths(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "fifo.png")  # opening it would wait forever
+    with pytest.raises(DataError, match="is not a regular file"):
+        read_image(tmp_path / "fifo.png")
+    with pytest.raises(DataError, match="File name too long"):
+        read_image(tmp_path / ("x" * 300))
+    write_idx(tmp_path / "empty.idx", np.zeros((0, 28, 28), np.uint8))
+    with pytest.raises(DataError, match="holds no images"):
+        load_inputs([tmp_path / "empty.idx"], 3)
+
+
+def test_an_image_pillow_cannot_parse(tmp_path: Path) -> None:
+    header = b"\x89PNG\r\n\x1a\n"  # a PNG whose first chunk is not IHDR: Pillow's SyntaxError
+    (tmp_path / "odd.png").write_bytes(header + b"\x00\x00\x00\x00IEND\xaeB`\x82")
+    with pytest.raises(DataError, match=r"odd\.png"):
+        read_image(tmp_path / "odd.png")
+
+
+def test_a_decoder_failure_inside_pillow_is_a_data_error(
+    tmp_path: Path, make_digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pillow's plugins raise ValueError or SyntaxError on some damaged data
+    from vae_runtime import inputs
+
+    Image.fromarray(make_digits(1, 0)[0][0]).save(tmp_path / "d.png")
+
+    def damaged(image: object) -> None:
+        raise SyntaxError("broken PNG file")
+
+    monkeypatch.setattr(inputs, "_to_grey", damaged)
+    with pytest.raises(DataError, match=r"d\.png: corrupt image data \(broken PNG file\)"):
+        read_image(tmp_path / "d.png")

@@ -88,3 +88,10 @@ def test_manifold_lattice_orientation_and_quantiles() -> None:
     np.testing.assert_allclose(manifold_latents(3, 4, 2.0), 2 * lattice.reshape(-1, 2))
     with pytest.raises(InvalidArgumentError, match=r"rows must be in 1\.\."):
         manifold_latents(0, 4)
+
+
+def test_arrays_too_large_to_return_whole_point_at_streaming() -> None:
+    with pytest.raises(InvalidArgumentError, match="stream them"):
+        sample_latents(10**6, 4096, seed=0)
+    with pytest.raises(InvalidArgumentError, match="NaN or infinite"):
+        interpolate([float("nan")], [1.0], 3)

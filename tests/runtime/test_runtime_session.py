@@ -220,3 +220,46 @@ def test_encoder_graph_checks_outputs(tmp_path: Path) -> None:
     onnx.save(model, path)
     with pytest.raises(ModelFileError, match=r"output 'sigma' .* expected 'logvar'"):
         Encoder.load(path)
+
+
+def test_a_graph_that_loads_but_cannot_run_is_one_error(graphs: dict[str, Path]) -> None:
+    decoder = Decoder.load(graphs["decoder"])
+
+    class Broken:  # what onnxruntime raises when a node fails at run time (out of memory, ...)
+        def run(self, *args: object) -> None:
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status\ncode")
+
+    decoder._session = Broken()  # type: ignore[assignment]
+    with pytest.raises(ModelFileError, match=r"running the graph failed: \[ONNXRuntimeError\]"):
+        decoder.decode(np.zeros((3, 2), np.float32))
+
+
+def test_odd_graph_files(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "fifo.onnx")
+    with pytest.raises(ModelFileError, match="is not a regular file"):
+        Decoder.load(tmp_path / "fifo.onnx")
+    with pytest.raises(ModelFileError, match="File name too long"):
+        Decoder.load(tmp_path / ("x" * 300))
+    with open(tmp_path / "huge.onnx", "wb") as f:
+        f.truncate((1 << 31) + 1)  # sparse: no disk used, and never read
+    with pytest.raises(ModelFileError, match="larger than any ONNX graph"):
+        Decoder.load(tmp_path / "huge.onnx")
+
+
+def test_a_graph_with_an_extra_output_is_refused(tmp_path: Path) -> None:
+    model = build_decoder()
+    model.graph.output.append(onnx.helper.make_tensor_value_info("h", onnx.TensorProto.FLOAT, None))
+    onnx.save(model, tmp_path / "extra.onnx")
+    with pytest.raises(ModelFileError, match=r"outputs \['image', 'h'\], expected"):
+        Decoder.load(tmp_path / "extra.onnx")
+
+
+def test_absurd_latents_are_blamed_not_the_graph(graphs: dict[str, Path]) -> None:
+    decoder = Decoder.load(graphs["decoder"])
+    huge = np.full((1, 2), 3e38, np.float32)  # overflows inside the graph
+    with pytest.raises(InvalidArgumentError, match="far outside the prior"):
+        decoder.decode(huge)
+    with pytest.raises(InvalidArgumentError, match="NaN or infinite pixels"):
+        Encoder.load(graphs["encoder"]).encode(np.full((1, 28, 28), np.nan, np.float32))
