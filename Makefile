@@ -24,8 +24,9 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Two workers, a test file each at a time: much of the suite waits on commands it runs.
 test: lint
-	$(BIN)/pytest --cov=vae_runtime --cov-report=term-missing:skip-covered
+	$(BIN)/pytest -n 2 --dist loadfile --cov=vae_runtime --cov-report=term-missing:skip-covered
 
 demo: install
 	mkdir -p $(OUT)
