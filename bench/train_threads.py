@@ -1,5 +1,8 @@
-"""Benchmark: vae-train with torch's threads pinned one per core (--bind-threads, the default)
-against unpinned (--no-bind-threads), one run alone and two runs at once, several repetitions.
+"""Benchmark: how vae-train's OpenMP threads should run: pinned one per core or not, spinning
+while they wait (libgomp's default), sleeping after a short spin (GOMP_SPINCOUNT=10000) or
+sleeping at once (OMP_WAIT_POLICY=PASSIVE); one run alone and two runs at once, repeated.
+vae-train's default (--tune-threads) is "pinned, spin 10k then sleep"; --no-tune-threads is
+"unpinned, libgomp's default wait".
 
     python bench/train_threads.py --data-dir /path/to/mnist      (or VAE_DATA_DIR=...)
 
@@ -23,9 +26,22 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
-def _start(out: Path, data: str, epochs: int, bind: bool) -> subprocess.Popen[bytes]:
-    flag = "--bind-threads" if bind else "--no-bind-threads"
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_PROC_BIND", "OMP_PLACES")}
+SETTINGS = {  # name: (vae-train's flag, environment)
+    "pinned, libgomp's default wait": (
+        "--no-tune-threads",
+        {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"},
+    ),
+    "unpinned, libgomp's default wait (--no-tune-threads)": ("--no-tune-threads", {}),
+    "pinned, spin 10k then sleep (--tune-threads)": ("--tune-threads", {}),
+    "unpinned, spin 10k then sleep": ("--no-tune-threads", {"GOMP_SPINCOUNT": "10000"}),
+    "unpinned, sleeping": ("--no-tune-threads", {"OMP_WAIT_POLICY": "PASSIVE"}),
+}
+_OURS = ("OMP_PROC_BIND", "OMP_PLACES", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "VAE_TUNE_THREADS")
+
+
+def _start(out: Path, data: str, epochs: int, setting: str) -> subprocess.Popen[bytes]:
+    flag, extra = SETTINGS[setting]
+    env = {k: v for k, v in os.environ.items() if k not in _OURS} | extra
     args = [str(BIN / "vae-train"), "--data-dir", data, "--out", str(out), "--epochs", str(epochs)]
     return subprocess.Popen([*args, flag, "-q", "--force"], env=env)
 
@@ -35,11 +51,11 @@ def _epochs(out: Path) -> list[float]:
     return [json.loads(line)["seconds"] for line in lines]
 
 
-def run_case(data: str, epochs: int, bind: bool, together: int, tmp: Path) -> tuple[float, float]:
+def run_case(data: str, epochs: int, setting: str, together: int, tmp: Path) -> tuple[float, float]:
     """`together` runs started at once: (mean wall seconds, median epoch seconds)."""
     outs = [tmp / f"run{i}" for i in range(together)]
     start = time.perf_counter()
-    procs = [_start(out, data, epochs, bind) for out in outs]
+    procs = [_start(out, data, epochs, setting) for out in outs]
     walls = []
     for proc in procs:
         if proc.wait() != 0:
@@ -58,39 +74,31 @@ def main() -> None:
     if not args.data_dir:
         sys.exit("train_threads.py: error: pass --data-dir or set VAE_DATA_DIR")
     print(f"{os.cpu_count()} cores; vae-train --epochs {args.epochs}, {args.repeats} repetitions")
-    results: dict[tuple[int, bool], list[tuple[float, float]]] = {}
+    results: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    names = list(SETTINGS)
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):
             for together in (1, 2):
-                # alternate which setting goes first, so neither always follows the other
-                for bind in (True, False) if rep % 2 == 0 else (False, True):
-                    case = run_case(args.data_dir, args.epochs, bind, together, Path(tmp))
-                    results.setdefault((together, bind), []).append(case)
+                # rotate the order, so that no setting always follows the same one
+                for setting in names[rep % len(names) :] + names[: rep % len(names)]:
+                    case = run_case(args.data_dir, args.epochs, setting, together, Path(tmp))
+                    results.setdefault((together, setting), []).append(case)
                     print(
-                        f"  {'alone' if together == 1 else 'two at once'}, "
-                        f"{'pinned' if bind else 'unpinned'}: {case[0]:.2f} s wall, "
-                        f"{case[1]:.3f} s/epoch"
+                        f"  {'alone' if together == 1 else 'two at once'}, {setting}: "
+                        f"{case[0]:.2f} s wall, {case[1]:.3f} s/epoch"
                     )
     print()
-    print("| case | setting | wall s, median (worst) | s / epoch, median (worst) |")
+    print("| case | threads | wall s, median (worst) | s / epoch, median (worst) |")
     print("| --- | --- | ---: | ---: |")
     for together in (1, 2):
-        for bind in (True, False):
-            rows = results[(together, bind)]
+        for setting in names:
+            rows = results[(together, setting)]
             walls, epochs = [r[0] for r in rows], [r[1] for r in rows]
             print(
-                f"| {'alone' if together == 1 else 'two at once'} | "
-                f"{'pinned (--bind-threads)' if bind else 'unpinned (--no-bind-threads)'} | "
+                f"| {'alone' if together == 1 else 'two at once'} | {setting} | "
                 f"{statistics.median(walls):.2f} ({max(walls):.2f}) | "
                 f"{statistics.median(epochs):.3f} ({max(epochs):.3f}) |"
             )
-    for together in (1, 2):
-        pinned = statistics.median(r[0] for r in results[(together, True)])
-        unpinned = statistics.median(r[0] for r in results[(together, False)])
-        print(
-            f"{'alone' if together == 1 else 'two at once'}: unpinned / pinned wall time "
-            f"= {unpinned / pinned:.2f}"
-        )
 
 
 if __name__ == "__main__":

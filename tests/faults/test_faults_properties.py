@@ -270,7 +270,7 @@ def kit(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kit]:
             "VAE_DATA_DIR": str(tiny.data),
             "XDG_CACHE_HOME": str(scratch / "cache"),
             "VAE_DEBUG": None,
-            "VAE_BIND_THREADS": "0",
+            "VAE_TUNE_THREADS": "0",
         },
     )
 
@@ -941,7 +941,7 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     ),
     "--resume": Opt(st.just("model.pt"), CHECKPOINTS),
     "--force": FLAG_OPT,
-    "--no-bind-threads": FLAG_OPT,
+    "--no-tune-threads": FLAG_OPT,
 }
 # The tiny run that is trained when no drawn value says otherwise (the model.pt in the case
 # folder was trained with these for 1 epoch, so a --resume of it can succeed).

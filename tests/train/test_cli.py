@@ -16,7 +16,7 @@ from helpers import expect_error, expect_interrupted
 from typer.testing import CliRunner, Result
 
 from vae_train.__main__ import INSTALL_HINT
-from vae_train.cli import app
+from vae_train.cli import THREAD_TUNING, app
 from vae_train.data import DATA_DIR_ENV, DEFAULT_MIRRORS
 
 TINY = ["--hidden-dim", "16", "--latent-dim", "2", "--batch-size", "128", "--device", "cpu"]
@@ -176,9 +176,9 @@ def test_existing_model_is_kept_unless_forced_or_resumed(tmp_path: Path, mnist_d
     ("args", "env", "bound"),
     [
         ([], {}, True),
-        (["--no-bind-threads"], {}, False),
-        ([], {"VAE_BIND_THREADS": "0"}, False),
-        (["--bind-threads"], {"VAE_BIND_THREADS": "0"}, True),
+        (["--no-tune-threads"], {}, False),
+        ([], {"VAE_TUNE_THREADS": "0"}, False),
+        (["--tune-threads"], {"VAE_TUNE_THREADS": "0"}, True),
     ],
 )
 def test_thread_binding_is_one_visible_setting(
@@ -189,21 +189,23 @@ def test_thread_binding_is_one_visible_setting(
     env: dict[str, str],
     bound: bool,
 ) -> None:
-    monkeypatch.delenv("OMP_PROC_BIND", raising=False)
-    monkeypatch.delenv("OMP_PLACES", raising=False)
+    for name in THREAD_TUNING:
+        monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     result = invoke(*TINY, "--epochs", 1, "--data-dir", mnist_dir, "--out", tmp_path, "-q", *args)
     assert result.exit_code == 0, result.output
-    assert ("OMP_PROC_BIND" in os.environ) is bound
-    assert os.environ.get("OMP_PLACES") == ("cores" if bound else None)
+    for name, value in THREAD_TUNING.items():
+        assert os.environ.get(name) == (value if bound else None)
 
 
 def test_the_users_own_binding_wins(monkeypatch: pytest.MonkeyPatch) -> None:
-    from vae_train.cli import bind_threads
+    from vae_train.cli import tune_threads
 
     monkeypatch.setenv("OMP_PROC_BIND", "spread")
     monkeypatch.delenv("OMP_PLACES", raising=False)
-    bind_threads(True)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    tune_threads(True)
     assert os.environ["OMP_PROC_BIND"] == "spread"
     assert os.environ["OMP_PLACES"] == "cores"
+    assert os.environ["GOMP_SPINCOUNT"] == "10000"
