@@ -3,6 +3,7 @@ digits and MNIST folders, and the assertions of the one-line error promise."""
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from pathlib import Path
@@ -93,3 +94,19 @@ def write_mnist_dir(directory: Path, n_train: int, n_test: int, seed: int = 0) -
         write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return directory
+
+
+def tree(folder: Path) -> dict[str, bytes | str]:
+    """Every entry under `folder`, hidden ones included: a file's bytes, or the entry's kind."""
+    found: dict[str, bytes | str] = {}
+    for path in sorted(folder.rglob("*")):
+        key = str(path.relative_to(folder))
+        if path.is_symlink():
+            found[key] = f"link -> {os.readlink(path)}"
+        elif path.is_file():
+            found[key] = path.read_bytes()
+        elif path.is_dir():
+            found[key] = "folder"
+        else:
+            found[key] = "special"
+    return found

@@ -1,5 +1,5 @@
-"""What the fault tests share: real commands in real processes, and a way to see every file a
-command left behind (hidden ones included)."""
+"""What the fault tests share: real commands in real processes (`helpers.tree` sees every file
+a command left behind)."""
 
 from __future__ import annotations
 
@@ -50,19 +50,3 @@ def run(
         timeout=timeout,
         preexec_fn=preexec_fn,
     )
-
-
-def tree(folder: Path) -> dict[str, bytes | str]:
-    """Every entry under `folder`, hidden ones included: a file's bytes, or the entry's kind."""
-    found: dict[str, bytes | str] = {}
-    for path in sorted(folder.rglob("*")):
-        key = str(path.relative_to(folder))
-        if path.is_symlink():
-            found[key] = f"link -> {os.readlink(path)}"
-        elif path.is_file():
-            found[key] = path.read_bytes()
-        elif path.is_dir():
-            found[key] = "folder"
-        else:
-            found[key] = "special"
-    return found

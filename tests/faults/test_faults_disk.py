@@ -50,8 +50,8 @@ from typing import IO, Any
 import numpy as np
 import pytest
 import typer
-from helpers import expect_error
-from processes import TINY_TRAIN, Tiny, run, tree
+from helpers import expect_error, tree
+from processes import TINY_TRAIN, Tiny, run
 from typer.testing import CliRunner, Result
 
 from vae_export.cli import app as export_app

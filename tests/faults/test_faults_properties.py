@@ -55,14 +55,14 @@ import onnxruntime as ort
 import pytest
 import torch
 import typer
-from helpers import outcome
+from helpers import outcome, tree
 from hypothesis import HealthCheck, configuration, event, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from hypothesis.extra import numpy as npst
 from hypothesis.strategies import SearchStrategy
 from PIL import Image
-from processes import Tiny, tree
+from processes import Tiny
 from typer.testing import CliRunner, Result
 
 from vae_export import MIN_OPSET

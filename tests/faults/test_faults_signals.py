@@ -57,9 +57,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import expect_interrupted
+from helpers import expect_interrupted, tree
 from PIL import Image
-from processes import TINY_TRAIN, Tiny, command, tree
+from processes import TINY_TRAIN, Tiny, command
 
 Tree = dict[str, bytes | str]  # processes.tree's form: path -> bytes, or the entry's kind
 

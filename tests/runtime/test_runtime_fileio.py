@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tree
 
 from vae_runtime import signals
 from vae_runtime.errors import (
@@ -27,20 +28,6 @@ from vae_runtime.errors import (
 from vae_runtime.fileio import NpyWriter, Outputs, journal, sha256_file, write_file
 
 
-def snapshot(folder: Path) -> dict[str, bytes | str]:
-    """Every entry under `folder`, hidden ones included: file bytes, or the kind of entry."""
-    found: dict[str, bytes | str] = {}
-    for path in sorted(folder.rglob("*")):
-        key = str(path.relative_to(folder))
-        if path.is_symlink():
-            found[key] = f"link -> {os.readlink(path)}"
-        elif path.is_file():
-            found[key] = path.read_bytes()
-        else:
-            found[key] = "dir" if path.is_dir() else "other"
-    return found
-
-
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     (tmp_path / "old.bin").write_bytes(b"old")
@@ -49,12 +36,12 @@ def folder(tmp_path: Path) -> Path:
 
 
 def refuse(folder: Path, targets: list[Path], reads: list[Path], pattern: str) -> None:
-    before = snapshot(folder)
+    before = tree(folder)
     with pytest.raises(OutputRefusedError, match=pattern) as info:
         Outputs(targets, reads=reads)
     assert info.value.exit_code == 2
     assert "\n" not in str(info.value)
-    assert snapshot(folder) == before
+    assert tree(folder) == before
 
 
 def test_an_input_is_never_an_output_whatever_the_path_says(folder: Path) -> None:
@@ -86,10 +73,10 @@ def test_only_regular_files_or_nothing_are_replaced(folder: Path) -> None:
 def test_two_outputs_on_one_file_and_existing_files_without_force(folder: Path) -> None:
     (folder / "sub").mkdir()
     refuse(folder, [folder / "a", folder / "sub" / ".." / "a"], [], "are the same file")
-    before = snapshot(folder)
+    before = tree(folder)
     with pytest.raises(OutputRefusedError, match=r"old.bin already exists; pass --force"):
         Outputs([folder / "old.bin"], force=False)
-    assert snapshot(folder) == before
+    assert tree(folder) == before
 
 
 def test_folders_missing_or_unwritable(tmp_path: Path) -> None:
@@ -115,27 +102,27 @@ def test_commit_replaces_the_set_and_leaves_nothing_else(folder: Path) -> None:
         out.write_bytes(a, b"A2")  # a second commit of the same object
         out.commit()
     assert a.read_bytes() == b"A2"
-    assert sorted(snapshot(folder)) == sorted(
+    assert sorted(tree(folder)) == sorted(
         ["old.bin", "input.bin", "new", "new/deep", "new/deep/b.bin"]
     )
     assert journal[-2:] == [a, b]
 
 
 def test_abort_restores_everything_and_removes_the_folders_it_made(folder: Path) -> None:
-    before = snapshot(folder)
+    before = tree(folder)
     a, b = folder / "old.bin", folder / "made" / "here" / "b.bin"
     with pytest.raises(RuntimeError), Outputs([a, b], create_dirs=True) as out:
         out.write_bytes(a, b"new")
         out.write_bytes(b, b"new")
         raise RuntimeError("stop")
-    assert snapshot(folder) == before
+    assert tree(folder) == before
 
 
 def test_a_failing_rename_puts_the_old_files_back(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (folder / "b.bin").write_bytes(b"old b")
-    before = snapshot(folder)
+    before = tree(folder)
     real_replace = os.replace
     calls = []
 
@@ -153,14 +140,14 @@ def test_a_failing_rename_puts_the_old_files_back(
             out.write_bytes(b, b"new b")
             out.commit()
     monkeypatch.undo()
-    assert snapshot(folder) == before
+    assert tree(folder) == before
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO, errno.EROFS, errno.EACCES])
 def test_write_errors_name_the_target_not_a_temporary_file(
     folder: Path, monkeypatch: pytest.MonkeyPatch, code: int
 ) -> None:
-    before = snapshot(folder)
+    before = tree(folder)
     target = folder / "old.bin"
 
     def failing(self: Path, data: bytes) -> int:
@@ -172,7 +159,7 @@ def test_write_errors_name_the_target_not_a_temporary_file(
     monkeypatch.undo()
     assert str(info.value) == f"{target}: cannot write it: {os.strerror(code)}"
     assert info.value.errno == code
-    assert snapshot(folder) == before
+    assert tree(folder) == before
 
 
 def test_a_target_swapped_for_a_symlink_after_the_check_is_not_replaced(folder: Path) -> None:
