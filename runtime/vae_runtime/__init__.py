@@ -28,7 +28,7 @@ _EXPORTS = {
     "OutputRefusedError": "errors",
     "VaeError": "errors",
     "Manifest": "contract",
-    "NpyWriter": "fileio",
+    "NpyWriter": "npy",
     "Outputs": "fileio",
     "save_gif": "images",
     "save_png": "images",
@@ -85,9 +85,10 @@ if TYPE_CHECKING:
         OutputRefusedError,
         VaeError,
     )
-    from .fileio import NpyWriter, Outputs
+    from .fileio import Outputs
     from .images import save_gif, save_png, tile, to_uint8
     from .inputs import load_inputs, read_image
+    from .npy import NpyWriter
     from .sampling import interpolate, iter_latents, manifold_latents, sample_latents
     from .session import Decoder, Encoder, reconstruct
 

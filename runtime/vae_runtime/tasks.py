@@ -18,7 +18,7 @@ import numpy as np
 
 from .contract import IMAGE_SHAPE, MANIFEST_FILE
 from .errors import InvalidArgumentError, check_int
-from .fileio import NpyWriter, Outputs
+from .fileio import Outputs
 from .images import (
     MAX_GRID_PIXELS,
     check_frame_ms,
@@ -33,6 +33,7 @@ from .images import (
     upscale,
 )
 from .inputs import check_limit, load_inputs
+from .npy import NpyWriter
 from .sampling import (
     check_batch_size,
     check_path,

@@ -25,7 +25,8 @@ from vae_runtime.errors import (
     OutputError,
     OutputRefusedError,
 )
-from vae_runtime.fileio import NpyWriter, Outputs, journal, sha256_file, write_file
+from vae_runtime.fileio import Outputs, journal, sha256_file, write_file
+from vae_runtime.npy import NpyWriter
 
 
 @pytest.fixture
