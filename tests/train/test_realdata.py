@@ -31,7 +31,6 @@ def test_two_epochs_on_real_mnist_learn(real_mnist_dir: Path, tmp_path: Path) ->
         VAEConfig(),
         out_dir=tmp_path,
         data=data,
-        quiet=True,
     )
     baseline = _constant_model_loss(data.test)
     first, last = ckpt.metrics[0]["test_loss"], ckpt.metrics[-1]["test_loss"]
