@@ -71,7 +71,7 @@ from vae_runtime import contract
 from vae_runtime.cli import generate_app, interpolate_app, reconstruct_app
 from vae_runtime.contract import Manifest, parse_metadata
 from vae_runtime.errors import VaeError
-from vae_runtime.fileio import NpyWriter, Outputs
+from vae_runtime.fileio import Outputs
 from vae_runtime.idx import IMAGES_MAGIC, read_idx, write_idx
 from vae_runtime.images import (
     MAX_GRID_PIXELS,
@@ -85,6 +85,7 @@ from vae_runtime.images import (
     upscale,
 )
 from vae_runtime.inputs import load_inputs, read_image
+from vae_runtime.npy import NpyWriter
 from vae_runtime.sampling import (
     interpolate,
     iter_latents,

@@ -1113,7 +1113,7 @@ EXPORT_HOOKS = (
 RUNTIME_HOOKS = (
     "vae_runtime.session:_Graph.load",
     "vae_runtime.tasks:load_inputs",
-    "vae_runtime.fileio:NpyWriter.write",
+    "vae_runtime.npy:NpyWriter.write",
     "os:posix_fallocate",
     "vae_runtime.tasks:png_bytes",
     "vae_runtime.tasks:gif_bytes",
