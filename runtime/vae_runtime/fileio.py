@@ -35,9 +35,9 @@ from .errors import (
 )
 
 _STAGING_PREFIX = ".mnist-vae-"  # hidden staging folders; removed on every way out
-# Every target this process has committed, in order: what an interrupted command reports as
-# kept. The command line clears it when a command starts.
-journal: list[Path] = []
+# Every target this process has committed, in order (a dict as an ordered set): what an
+# interrupted command reports as kept. The command line clears it when a command starts.
+journal: dict[Path, None] = {}
 
 
 def sha256_file(path: Path | str) -> str:
@@ -142,7 +142,7 @@ class Outputs:
         create_dirs: bool = False,
     ) -> None:
         self.targets = [Path(t) for t in targets]
-        self.committed: list[Path] = []
+        self._targets = set(self.targets)  # --images-dir stages up to 100,000 of them
         self._create_dirs = create_dirs
         self._staged: dict[Path, Path] = {}  # target -> staged file, in staging order
         self._open: list[tuple[Path, BinaryIO]] = []  # streams still open, by target
@@ -283,7 +283,7 @@ class Outputs:
 
     def _stage(self, target: Path | str) -> Path:
         target = Path(target)
-        if target not in self.targets:
+        if target not in self._targets:
             raise InvalidArgumentError(f"{target} is not one of this command's outputs")
         folder = target.parent
         with signals.deferred(), naming(target):
@@ -341,11 +341,7 @@ class Outputs:
                         with contextlib.suppress(OSError):
                             backup.unlink()
                 self._staged.clear()
-            for t, _ in done:
-                if t not in self.committed:
-                    self.committed.append(t)
-                if t not in journal:
-                    journal.append(t)
+            journal.update((t, None) for t, _ in done)
 
     @staticmethod
     def _keep_old(target: Path, staged: Path) -> Path | None:

@@ -105,7 +105,7 @@ def _as_latent(z: Any, name: str) -> np.ndarray:
     return a
 
 
-def check_path(steps: int, method: str) -> None:
+def check_interpolation(steps: int, method: str) -> None:
     """The rules of an interpolation: 2..MAX_STEPS steps, method one of METHODS."""
     check_int("steps", steps, 2, MAX_STEPS)
     if method not in METHODS:
@@ -121,7 +121,7 @@ def interpolate(z0: Any, z1: Any, steps: int, method: str = "slerp") -> np.ndarr
     linearly: under a Gaussian prior, the straight line's midpoint has a norm far below typical
     samples (it passes near the mode, which decodes to blurry averages), the arc does not.
     """
-    check_path(steps, method)
+    check_interpolation(steps, method)
     a, b = _as_latent(z0, "z0"), _as_latent(z1, "z1")
     if a.shape != b.shape:
         raise InvalidArgumentError(f"latents differ in size: {a.shape[0]} and {b.shape[0]}")

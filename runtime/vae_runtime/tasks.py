@@ -36,7 +36,7 @@ from .inputs import check_limit, load_inputs
 from .npy import NpyWriter
 from .sampling import (
     check_batch_size,
-    check_path,
+    check_interpolation,
     check_sampling,
     interpolate,
     manifold_latents,
@@ -174,7 +174,7 @@ def write_interpolation(
     samples (`from_seed`, `to_seed`, at `temperature`), or, with `encoder_path`, the latent means
     of the first two images in `inputs`. Writes a grid PNG (`cols` per row, default all in one
     row), an animated GIF that goes there and back, and/or the float32 images as .npy."""
-    check_path(steps, method)
+    check_interpolation(steps, method)
     cols = steps if cols is None else cols
     grid_size(grid_rows(steps, cols), cols, _SIDE, _SIDE, padding, scale)
     if gif is not None:

@@ -106,7 +106,7 @@ def test_commit_replaces_the_set_and_leaves_nothing_else(folder: Path) -> None:
     assert sorted(tree(folder)) == sorted(
         ["old.bin", "input.bin", "new", "new/deep", "new/deep/b.bin"]
     )
-    assert journal[-2:] == [a, b]
+    assert list(journal)[-2:] == [a, b]
 
 
 def test_abort_restores_everything_and_removes_the_folders_it_made(folder: Path) -> None:
