@@ -46,7 +46,9 @@ MANIFEST_LATENT_DIM = "latent_dim"
 MANIFEST_OPSET = "opset"
 
 ROLES = ("encoder", "decoder")
-PRECISIONS = ("fp32",)  # of a graph's weights; float32 at the inputs and outputs always
+# Of a graph's weights and arithmetic; float32 at the inputs and outputs always. fp32 is the
+# export's default; int8 and fp16 graphs are written beside it on request (graph_file names them).
+PRECISIONS = ("fp32", "int8", "fp16")
 MAX_LATENT_DIM = 4096  # far above any MNIST VAE; a file claiming more is corrupt or hostile
 _MAX_MANIFEST_BYTES = 1 << 24  # 16 MiB: a real manifest is a few KB
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -61,6 +63,14 @@ META_PRODUCER = "vae.producer"
 META_PRODUCER_VERSION = "vae.producer_version"
 META_SOURCE = "vae.source"  # JSON: checkpoint file name and SHA-256
 META_TRAINING = "vae.training"  # JSON: epochs, test loss, ...
+META_PRECISION = "vae.precision"  # one of PRECISIONS; absent in graphs before it existed: fp32
+
+
+def graph_file(role: str, precision: str = "fp32") -> str:
+    """The file name of a `role` graph of `precision`: decoder.onnx, decoder.int8.onnx, ..."""
+    if role not in ROLES or precision not in PRECISIONS:
+        raise ValueError(f"no graph file for role {role!r} and precision {precision!r}")
+    return f"{role}.onnx" if precision == "fp32" else f"{role}.{precision}.onnx"
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,7 @@ class GraphInfo:
     producer_version: str
     source: dict[str, Any]
     training: dict[str, Any]
+    precision: str = "fp32"
 
 
 def build_metadata(
@@ -83,10 +94,11 @@ def build_metadata(
     producer_version: str,
     source: dict[str, Any],
     training: dict[str, Any],
+    precision: str = "fp32",
 ) -> dict[str, str]:
     """The metadata_props an exported graph carries (all values strings)."""
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    if role not in ROLES or precision not in PRECISIONS:
+        raise ValueError(f"role {role!r} / precision {precision!r}: not {ROLES} / {PRECISIONS}")
     return {
         META_FORMAT: str(FORMAT_VERSION),
         META_ROLE: role,
@@ -97,6 +109,7 @@ def build_metadata(
         META_PRODUCER_VERSION: producer_version,
         META_SOURCE: json.dumps(source, sort_keys=True),
         META_TRAINING: json.dumps(training, sort_keys=True),
+        META_PRECISION: precision,
     }
 
 
@@ -135,6 +148,11 @@ def parse_metadata(props: dict[str, str], path: str) -> GraphInfo:
         raise ModelFileError(
             f"{path}: latent size {latent_dim} in metadata is outside 1..{MAX_LATENT_DIM}"
         )
+    precision = props.get(META_PRECISION, "fp32")
+    if precision not in PRECISIONS:
+        raise ModelFileError(
+            f"{path}: unknown precision {precision!r}, expected one of {PRECISIONS}"
+        )
     if image_shape != IMAGE_SHAPE or pixel_range != PIXEL_RANGE:
         raise ModelFileError(
             f"{path}: image shape {image_shape} / pixel range {pixel_range} in metadata, "
@@ -148,6 +166,7 @@ def parse_metadata(props: dict[str, str], path: str) -> GraphInfo:
         producer_version=props.get(META_PRODUCER_VERSION, ""),
         source=source if isinstance(source, dict) else {},
         training=training if isinstance(training, dict) else {},
+        precision=precision,
     )
 
 
@@ -159,17 +178,23 @@ class FileEntry:
     size: int  # bytes
     role: str = ""  # "encoder" / "decoder" ("" in manifests written before roles were listed)
     precision: str = "fp32"
+    # int8 / fp16 graphs: what the export's quality gate measured against fp32 (figures by name)
+    quality: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, data: bytes, role: str, precision: str = "fp32") -> FileEntry:
+    def of(
+        cls, data: bytes, role: str, precision: str = "fp32", quality: dict[str, Any] | None = None
+    ) -> FileEntry:
         """The entry of a graph file with these bytes."""
-        return cls(hashlib.sha256(data).hexdigest(), len(data), role, precision)
+        return cls(hashlib.sha256(data).hexdigest(), len(data), role, precision, quality or {})
 
     def to_json(self) -> dict[str, Any]:
         entry: dict[str, Any] = {MANIFEST_SHA256: self.sha256, MANIFEST_BYTES: self.size}
         if self.role:
             entry["role"] = self.role
         entry["precision"] = self.precision
+        if self.quality:
+            entry["quality"] = self.quality
         return entry
 
 
@@ -250,13 +275,16 @@ class Manifest:
                 raise bad(f"the entry of {name} is not an object")
             sha, size = raw.get(MANIFEST_SHA256), raw.get(MANIFEST_BYTES)
             role, precision = raw.get("role", ""), raw.get("precision", "fp32")
+            quality = raw.get("quality", {})
             if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
                 raise bad(f"the SHA-256 of {name} is {sha!r}, expected 64 hex digits")
             if not _is_int(size) or size < 0:
                 raise bad(f"the size of {name} is {size!r}, expected a byte count")
             if role not in ("", *ROLES) or precision not in PRECISIONS:
                 raise bad(f"{name} has role {role!r} / precision {precision!r}")
-            entries[name] = FileEntry(sha, size, role, precision)
+            if not isinstance(quality, dict):
+                raise bad(f"the quality figures of {name} are not an object")
+            entries[name] = FileEntry(sha, size, role, precision, quality)
         checkpoint = content.get(MANIFEST_CHECKPOINT, {})
         if not isinstance(checkpoint, dict):
             raise bad(f"'{MANIFEST_CHECKPOINT}' is not an object")

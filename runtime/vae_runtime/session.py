@@ -150,7 +150,8 @@ class _Graph:
         self._session = session
         self.path = path
         self.info = info
-        self.precision = entry.precision if entry is not None else "fp32"
+        self.precision = info.precision  # "fp32", "int8" or "fp16"; float32 in and out always
+        self.entry = entry  # what manifest.json says of the file (quality figures), if present
 
     @property
     def latent_dim(self) -> int:
@@ -199,6 +200,11 @@ class _Graph:
                 raise ModelFileError(
                     f"{path}: a {cls.role} of latent size {info.latent_dim}, but {manifest.path} "
                     f"lists it as {entry.role or 'a graph'} of latent size {manifest.latent_dim}"
+                )
+            if entry.precision != info.precision:
+                raise ModelFileError(
+                    f"{path}: an {info.precision} graph, but {manifest.path} lists it as "
+                    f"{entry.precision}; re-export"
                 )
         want_in, want_out = cls._io(info.latent_dim)
         inputs, outputs = session.get_inputs(), session.get_outputs()
