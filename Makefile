@@ -40,6 +40,8 @@ bench: install
 	$(BIN)/python bench/train_threads.py
 	$(BIN)/python bench/commands.py
 	$(BIN)/python bench/generate_speed.py --model $(OUT)/model.pt --decoder $(OUT)/decoder.onnx
+	$(BIN)/vae-export $(OUT)/model.pt -o $(OUT)/precisions --precision fp32,int8,fp16 --force --quiet
+	$(BIN)/python bench/generate_speed.py --precisions $(OUT)/precisions --methods
 	$(BIN)/python bench/typer_pin.py --decoder $(OUT)/decoder.onnx
 
 clean:

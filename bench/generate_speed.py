@@ -14,6 +14,15 @@ Measures, in one run:
                run writes a new file: the previous one is deleted and synced away first).
 Targets from issue 4 are printed beside each figure. Run it on a quiet machine: it is a
 measurement, not a test. This script may import torch and vae_train; the runtime never does.
+
+    python bench/generate_speed.py --precisions out/ [--data-dir MNIST] [--methods]
+
+Precisions (issue 10), for a folder exported with `vae-export --precision fp32,int8,fp16`: for
+each precision and graph, file size, images/s at batch 1, 64 and 1024 (rounds alternate between
+precisions, best of each) and the quality figures the export's gate recorded in manifest.json.
+`--methods` adds the int8 method comparison behind the shipped choice: onnxruntime's static QDQ
+quantization (MinMax, percentile and entropy calibration on test images and prior samples, the
+same layers kept float32) against the shipped dynamic quantization, quality measured here.
 """
 
 from __future__ import annotations
@@ -149,16 +158,211 @@ def worker(backend: str, checkpoint: Path, decoder_path: Path) -> dict[str, floa
     return result
 
 
+def _table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
+    for row in (head, tuple("-" * w for w in widths), *rows):
+        print(
+            " | ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+
+
+def _speeds(
+    graphs: dict[str, object], inputs: dict[str, np.ndarray]
+) -> dict[str, dict[int, float]]:
+    """images/s of each graph at each batch size: rounds alternate between the graphs (best of
+    three), so a busy moment of the shared machine picks no winner."""
+    best: dict[str, dict[int, float]] = {k: {} for k in graphs}
+    for _ in range(3):
+        for key, graph in graphs.items():
+            x = inputs[key]
+            run = graph.decode if hasattr(graph, "decode") else graph.encode  # type: ignore[attr-defined]
+            for batch in BATCHES:
+                data = np.ascontiguousarray(x[:batch])
+                speed = rate(lambda d=data, r=run, b=batch: r(d, batch_size=b), batch, 0.2)
+                best[key][batch] = max(best[key].get(batch, 0.0), speed)
+    return best
+
+
+def precision_table(folder: Path, data_dir: Path | None) -> None:
+    """Size, speed and the gate's quality figures of every graph in an export folder."""
+    from vae_runtime import Decoder, Encoder, contract, sample_latents
+
+    manifest = contract.Manifest.load(folder / contract.MANIFEST_FILE)
+    graphs: dict[str, object] = {}
+    for name, entry in manifest.files.items():
+        kind = Encoder if entry.role == "encoder" else Decoder
+        graphs[f"{entry.role} {entry.precision}"] = kind.load(
+            folder / name, threads=len(os.sched_getaffinity(0))
+        )
+    images = _test_images(data_dir, 1024)
+    z = sample_latents(1024, manifest.latent_dim, 0)
+    inputs = {k: (images if k.startswith("encoder") else z) for k in graphs}
+    speeds = _speeds(graphs, inputs)
+    rows = []
+    for name, entry in manifest.files.items():
+        key = f"{entry.role} {entry.precision}"
+        fp32 = speeds[f"{entry.role} fp32"]
+        size_fp32 = manifest.files[contract.graph_file(entry.role)].size
+        q = entry.quality
+        quality = (
+            ""
+            if not q
+            else (
+                f"max {q['pixel_max_abs']:.4f} mean {q['pixel_mean_abs']:.5f}, "
+                f"grid {q.get('grid_max_grey', 0):.0f}/255"
+                if entry.role == "decoder"
+                else f"mu max {q['mu_max_abs']:.4f} mean {q['mu_mean_abs']:.5f}"
+            )
+            + (f", BCE {q['bce_delta']:+.3f}" if q else "")
+        )
+        rows.append(
+            (
+                name,
+                f"{entry.size / 1e6:.2f} MB ({100 * entry.size / size_fp32:.0f}%)",
+                *(f"{speeds[key][b]:,.0f} ({speeds[key][b] / fp32[b]:.2f}x)" for b in BATCHES),
+                quality,
+            )
+        )
+    print(
+        f"images/s (ratio to fp32), {len(os.sched_getaffinity(0))} threads; "
+        "quality vs fp32 from manifest.json"
+    )
+    _table(("graph", "size", *(f"batch {b}" for b in BATCHES), "quality (gate)"), rows)
+
+
+def _test_images(data_dir: Path | None, n: int) -> np.ndarray:
+    """float32 (n, 1, 28, 28): MNIST test images from `data_dir`, else uniform noise."""
+    if data_dir is None:
+        return np.random.default_rng(0).uniform(0, 1, (n, 1, 28, 28)).astype(np.float32)
+    from vae_runtime.idx import IMAGES_MAGIC, read_idx
+    from vae_train.data import TEST_IMAGES, find_images
+
+    path = find_images(data_dir, TEST_IMAGES)
+    if path is None:
+        sys.exit(f"{data_dir}: no {TEST_IMAGES}")
+    return (read_idx(path, IMAGES_MAGIC, limit=n).astype(np.float32) / 255).reshape(-1, 1, 28, 28)
+
+
+def int8_methods(folder: Path, data_dir: Path | None) -> None:
+    """The shipped dynamic int8 against onnxruntime's static QDQ with three calibrations."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    from vae_export.precision import _abs, _latent_layers, lower
+    from vae_runtime import Decoder, Encoder, contract, sample_latents
+
+    manifest = contract.Manifest.load(folder / contract.MANIFEST_FILE)
+    images = _test_images(data_dir, 10_000)
+    z = sample_latents(10_000, manifest.latent_dim, 0)
+    fp32 = {r: (folder / contract.graph_file(r)).read_bytes() for r in contract.ROLES}
+    ref_enc = Encoder.load(folder / contract.ENCODER_FILE)
+    ref_dec = Decoder.load(folder / contract.DECODER_FILE)
+    mu, _ = ref_enc.encode(images)
+
+    class Batches(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self, name: str, data: np.ndarray) -> None:
+            self.it = iter({name: b} for b in np.array_split(data, 10))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+    calibration = {  # held out from the measured sets where possible
+        "encoder": (contract.ENCODER_INPUT, images[-2000:]),
+        "decoder": (
+            contract.DECODER_INPUT,
+            np.concatenate([mu[-1000:], sample_latents(1000, manifest.latent_dim, 1)]),
+        ),
+    }
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        variants: dict[str, dict[str, Path]] = {"dynamic (shipped)": {}}
+        for role in contract.ROLES:
+            path = Path(tmp) / f"dynamic.{role}.onnx"
+            path.write_bytes(lower(fp32[role], role, "int8"))
+            variants["dynamic (shipped)"][role] = path
+        for method in (
+            CalibrationMethod.MinMax,
+            CalibrationMethod.Percentile,
+            CalibrationMethod.Entropy,
+        ):
+            label = f"static QDQ {method.name}"
+            variants[label] = {}
+            for role in contract.ROLES:
+                model = onnx.load_from_string(fp32[role])
+                kept = _latent_layers(model, role)
+                path = Path(tmp) / f"{method.name}.{role}.onnx"
+                quantize_static(
+                    model,
+                    path,
+                    Batches(*calibration[role]),
+                    quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    per_channel=True,
+                    calibrate_method=method,
+                    nodes_to_exclude=kept,
+                    extra_options={"CalibPercentile": 99.999}
+                    if method == CalibrationMethod.Percentile
+                    else {},
+                )
+                variants[label][role] = path
+        graphs: dict[str, object] = {}
+        for label, paths in variants.items():
+            graphs[f"{label} decoder"] = Decoder.load(paths["decoder"])
+            graphs[f"{label} encoder"] = Encoder.load(paths["encoder"])
+        inputs = {k: (images if k.endswith("encoder") else z) for k in graphs}
+        speeds = _speeds(graphs, inputs)
+        ref_prior = ref_dec.decode(z)
+        for label in variants:
+            dec, enc = graphs[f"{label} decoder"], graphs[f"{label} encoder"]
+            prior_max, prior_mean = _abs(ref_prior, dec.decode(z))  # type: ignore[attr-defined]
+            mu_max, mu_mean = _abs(mu, enc.encode(images)[0])  # type: ignore[attr-defined]
+            rows.append(
+                (
+                    label,
+                    f"{prior_max:.4f} / {prior_mean:.5f}",
+                    f"{mu_max:.4f} / {mu_mean:.5f}",
+                    *(f"{speeds[f'{label} decoder'][b]:,.0f}" for b in (1, 1024)),
+                    f"{speeds[f'{label} encoder'][1024]:,.0f}",
+                )
+            )
+    print(
+        "int8 methods: decoder pixels over 10,000 prior samples, encoder mu over test images, "
+        "images/s"
+    )
+    _table(
+        ("method", "decoder max / mean", "mu max / mean", "dec b1", "dec b1024", "enc b1024"), rows
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="model.pt")
-    parser.add_argument(
-        "--decoder", type=Path, required=True, help="decoder.onnx exported from that model.pt"
-    )
+    parser.add_argument("--model", type=Path, help="model.pt")
+    parser.add_argument("--decoder", type=Path, help="decoder.onnx exported from that model.pt")
+    parser.add_argument("--precisions", type=Path, help="an export folder with int8/fp16 graphs")
+    parser.add_argument("--data-dir", type=Path, help="MNIST IDX folder (test images)")
+    parser.add_argument("--methods", action="store_true", help="compare int8 methods too")
     parser.add_argument("--runs", type=int, default=7, help="process runs per median")
     parser.add_argument("--bulk", type=int, default=100_000, help="samples in the bulk run")
     parser.add_argument("--worker", choices=("ort", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.precisions is not None:
+        precision_table(args.precisions, args.data_dir)
+        if args.methods:
+            print()
+            int8_methods(args.precisions, args.data_dir)
+        return
+    if args.model is None or args.decoder is None:
+        parser.error("--model and --decoder are required (or --precisions)")
     if args.worker:
         print(json.dumps(worker(args.worker, args.model, args.decoder)))
         return

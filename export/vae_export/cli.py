@@ -30,6 +30,13 @@ def export(
     opset: int = typer.Option(
         DEFAULT_OPSET, "--opset", help=f"ONNX opset of both graphs, {MIN_OPSET} or newer"
     ),
+    precision: str = typer.Option(
+        "fp32",
+        "--precision",
+        "-p",
+        help="graphs to write, comma-separated: fp32,int8,fp16 (int8 and fp16 must pass the "
+        "quality gate against fp32; README)",
+    ),
     force: bool = typer.Option(False, "--force", "-f", help="replace existing output files"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print errors only"),
     data_dir: Path | None = typer.Option(
@@ -48,6 +55,7 @@ def export(
         checkpoint,
         out_dir,
         opset=opset,
+        precision=precision,
         force=force,
         data_dir=data_dir,
         log=None if quiet else print,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import torch
 
 from vae_runtime import contract as C
 from vae_runtime.errors import DataError, check_int
-from vae_runtime.fileio import Outputs, sha256_file
+from vae_runtime.fileio import Outputs, naming, sha256_file
 from vae_runtime.idx import IMAGES_MAGIC, read_idx
 from vae_runtime.sampling import sample_latents
 from vae_runtime.session import Decoder, Encoder
@@ -34,18 +34,29 @@ from vae_train.model import VAE
 
 from . import DEFAULT_OPSET, MIN_OPSET
 from .graphs import PRODUCER_VERSION, TRACE_BATCH, graph_bytes
+from .precision import GATE_IMAGES, INT8_METHOD, check_precisions, gate, lower, measure
 from .verify import BATCH_SIZES, Reference, Report, VerificationError, verify_graphs
 
 
 @dataclass(frozen=True)
 class ExportResult:
-    """What an export wrote: the three paths, the manifest and the parity report."""
+    """What an export wrote: the graphs by (role, precision), the manifest and the parity
+    report (the quality figures are in the manifest's entries)."""
 
-    encoder: Path
-    decoder: Path
+    graphs: dict[tuple[str, str], Path]
     manifest_path: Path
     manifest: C.Manifest
     report: Report
+
+    @property
+    def encoder(self) -> Path:
+        """The fp32 encoder (or the first precision written)."""
+        return next(p for (role, _), p in self.graphs.items() if role == "encoder")
+
+    @property
+    def decoder(self) -> Path:
+        """The fp32 decoder (or the first precision written)."""
+        return next(p for (role, _), p in self.graphs.items() if role == "decoder")
 
 
 def export_checkpoint(
@@ -53,6 +64,7 @@ def export_checkpoint(
     out_dir: Path | str | None = None,
     *,
     opset: int = DEFAULT_OPSET,
+    precision: str | Sequence[str] = "fp32",
     force: bool = False,
     data_dir: Path | str | None = None,
     log: Callable[[str], None] | None = None,
@@ -61,57 +73,91 @@ def export_checkpoint(
     `out_dir` (default: the checkpoint's folder; made if missing), verified against the torch
     model first, through the runtime that will load them.
 
-    Real images for the encoder's check come from MNIST's test images in `data_dir` when given,
-    else from the model's own decoded samples. Nothing in `out_dir` changes unless every check
-    passes; existing files are replaced only with `force`. Raises a VaeError subclass:
-    CheckpointError, OutputError, OutputRefusedError, DataError, InvalidArgumentError,
-    ExportError or VerificationError.
+    `precision`: the graphs to write, a subset of contract.PRECISIONS ("fp32,int8" or a
+    sequence); int8 and fp16 graphs (encoder.int8.onnx, ...) are made from the verified fp32
+    ones and must pass the quality gate against them (precision.LIMITS), which is measured on
+    the staged files. Real images for the checks come from MNIST's test images in `data_dir`
+    when given (all of them for the gate), else from the model's own decoded samples. Nothing
+    in `out_dir` changes unless every check passes; existing files are replaced only with
+    `force`. Raises a VaeError subclass: CheckpointError, OutputError, OutputRefusedError,
+    DataError, InvalidArgumentError, ExportError, VerificationError or QualityError.
     """
     say = log or (lambda _line: None)
     check_int("opset", opset, MIN_OPSET, onnx.defs.onnx_opset_version())
+    precisions = check_precisions(precision if isinstance(precision, str) else ",".join(precision))
     path = Path(checkpoint)
     out = Path(out_dir) if out_dir is not None else path.parent
     images_file = _images_file(data_dir) if data_dir is not None else None
-    names = (C.ENCODER_FILE, C.DECODER_FILE, C.MANIFEST_FILE)  # the manifest is renamed last
-    targets = [out / name for name in names]
+    files = {(role, p): out / C.graph_file(role, p) for p in precisions for role in C.ROLES}
+    targets = [*files.values(), out / C.MANIFEST_FILE]  # the manifest is renamed last
     reads = [path] if images_file is None else [path, images_file]
     with Outputs(targets, reads=reads, force=force, create_dirs=True) as outputs:
         ckpt = load_checkpoint(path)
         model = ckpt.build_model(path)
+        lower_precisions = [p for p in precisions if p != "fp32"]
         images, images_name = _reference_images(images_file, model)
 
         started = time.perf_counter()
         source = {"checkpoint": path.name, "sha256": sha256_file(path)}
         training = _training_summary(ckpt)
-        blobs = {
-            C.ENCODER_FILE: graph_bytes("encoder", model, opset, source, training),
-            C.DECODER_FILE: graph_bytes("decoder", model, opset, source, training),
-        }
+        blobs = {role: graph_bytes(role, model, opset, source, training) for role in C.ROLES}
         seconds = time.perf_counter() - started
         say(f"exported {path} in {seconds:.1f} s (opset {opset}); verifying against torch")
-        for name, blob in blobs.items():
-            outputs.write_bytes(out / name, blob)
-        staged = {name: outputs.staged_path(out / name) for name in blobs}
+        # The fp32 pair: written as outputs when asked for, else only as the reference.
+        fp32: dict[str, Path] = {}
+        for role, blob in blobs.items():
+            if "fp32" in precisions:
+                outputs.write_bytes(files[(role, "fp32")], blob)
+                fp32[role] = outputs.staged_path(files[(role, "fp32")])
+            else:
+                fp32[role] = outputs.write_scratch(out / C.graph_file(role), blob)
         encode, decode = _torch_references(model)
         report = verify_graphs(
-            staged[C.ENCODER_FILE],
-            staged[C.DECODER_FILE],
+            fp32["encoder"],
+            fp32["decoder"],
             encode,
             decode,
-            images,
+            images[: max(BATCH_SIZES)],
             images_name,
             model.config.latent_dim,
         )
         say(report.table())
         if not report.passed:
             raise VerificationError(report.failure_message() + f"; nothing written to {out}")
-        manifest = _manifest(ckpt, source, training, blobs, opset, seconds, report)
+        entries: dict[str, C.FileEntry] = {}
+        if "fp32" in precisions:
+            entries = {C.graph_file(r): C.FileEntry.of(b, r) for r, b in blobs.items()}
+        reference = (Encoder.load(fp32["encoder"]), Decoder.load(fp32["decoder"]))
+        qualities = []
+        for p in lower_precisions:
+            lowered = {}
+            for role in C.ROLES:
+                with naming(files[(role, p)]):  # the quantizer's own temporary file
+                    lowered[role] = lower(blobs[role], role, p)
+            for role, blob in lowered.items():
+                outputs.write_bytes(files[(role, p)], blob)
+            staged = [outputs.staged_path(files[(role, p)]) for role in C.ROLES]
+            quality = measure(
+                p,
+                reference,
+                (Encoder.load(staged[0]), Decoder.load(staged[1])),
+                images,
+                images_name,
+            )
+            say(quality.summary())
+            qualities.append(quality)
+            for role, blob in lowered.items():
+                entries[C.graph_file(role, p)] = C.FileEntry.of(
+                    blob, role, p, quality.for_role(role)
+                )
+        gate(qualities, out)
+        manifest = _manifest(ckpt, source, training, entries, opset, seconds, report)
         outputs.write_bytes(out / C.MANIFEST_FILE, manifest.to_bytes())
-        Encoder.load(staged[C.ENCODER_FILE])  # the set as users will load it: through the
-        Decoder.load(staged[C.DECODER_FILE])  # manifest now beside the staged graphs
-        outputs.commit()
+        for (role, _), target in files.items():  # the set as users will load it: through
+            (Encoder if role == "encoder" else Decoder).load(outputs.staged_path(target))
+        outputs.commit()  # the manifest now beside the staged graphs
     say(f"wrote {', '.join(str(t) for t in targets)}")
-    return ExportResult(targets[0], targets[1], targets[2], manifest, report)
+    return ExportResult(files, targets[-1], manifest, report)
 
 
 def _images_file(data_dir: Path | str) -> Path:
@@ -129,10 +175,12 @@ def _images_file(data_dir: Path | str) -> Path:
 
 
 def _reference_images(images_file: Path | None, model: VAE) -> tuple[np.ndarray, str]:
-    """Real-looking images for the encoder's check: float32 (N, 1, 28, 28) and their name."""
+    """Real-looking images for the checks: float32 (N, 1, 28, 28) and their name; from
+    `images_file` the first GATE_IMAGES (the whole test set), else max(BATCH_SIZES) of the
+    model's decoded samples."""
     n = max(BATCH_SIZES)
     if images_file is not None:
-        raw = read_idx(images_file, IMAGES_MAGIC, limit=n)  # only the images the check uses
+        raw = read_idx(images_file, IMAGES_MAGIC, limit=GATE_IMAGES)
         if raw.ndim != 3 or raw.shape[1:] != C.IMAGE_SHAPE[1:] or raw.shape[0] == 0:
             raise DataError(
                 f"{images_file}: images of shape {list(raw.shape)}, expected [N, 28, 28]"
@@ -178,15 +226,14 @@ def _manifest(
     ckpt: Checkpoint,
     source: dict[str, str],
     training: dict[str, Any],
-    blobs: dict[str, bytes],
+    entries: dict[str, C.FileEntry],
     opset: int,
     seconds: float,
     report: Report,
 ) -> C.Manifest:
     """manifest.json for this export: the contract's `Manifest`, with the export's details."""
-    roles = {C.ENCODER_FILE: "encoder", C.DECODER_FILE: "decoder"}
     return C.Manifest(
-        files={name: C.FileEntry.of(blob, roles[name]) for name, blob in blobs.items()},
+        files=entries,
         latent_dim=ckpt.config.latent_dim,
         checkpoint={"name": source["checkpoint"], C.MANIFEST_SHA256: source["sha256"]},
         details={
@@ -204,6 +251,11 @@ def _manifest(
                 "trace_batch": TRACE_BATCH,
                 "dynamic_axis": C.BATCH_AXIS,
                 "seconds": round(seconds, 2),
+                **(
+                    {"int8": INT8_METHOD}
+                    if any(e.precision == "int8" for e in entries.values())
+                    else {}
+                ),
             },
             "verification": {
                 "backend": f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider",

@@ -281,15 +281,19 @@ class Outputs:
             raise InvalidArgumentError(f"nothing is staged for {target}")
         return staged
 
+    def _staging_folder(self, folder: Path, target: Path) -> Path:
+        """The hidden staging folder beside `folder`'s targets (made on first use); errors name
+        `target`, never the hidden folder."""
+        with signals.deferred(), naming(target):
+            if folder not in self._staging:
+                self._staging[folder] = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=folder))
+        return self._staging[folder]
+
     def _stage(self, target: Path | str) -> Path:
         target = Path(target)
         if target not in self._targets:
             raise InvalidArgumentError(f"{target} is not one of this command's outputs")
-        folder = target.parent
-        with signals.deferred(), naming(target):
-            if folder not in self._staging:
-                self._staging[folder] = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=folder))
-        staged = self._staging[folder] / target.name
+        staged = self._staging_folder(target.parent, target) / target.name
         self._staged.pop(target, None)
         self._staged[target] = staged  # (re)staged: moves to the end of the commit order
         return staged
@@ -299,6 +303,20 @@ class Outputs:
         staged = self._stage(target)
         with naming(Path(target)):
             staged.write_bytes(data)
+
+    def write_scratch(self, beside: Path | str, data: bytes) -> Path:
+        """Write `data` into the staging folder under the name of `beside` (a path in a target
+        folder that is not itself an output) and return where: a file the command reads back
+        (a reference graph) and never commits. It goes with the staging folder; errors name
+        `beside`, like a target's."""
+        beside = Path(beside)
+        folder = beside.parent
+        if beside in self._targets or not any(t.parent == folder for t in self.targets):
+            raise InvalidArgumentError(f"{beside} is an output, or not beside one")
+        path = self._staging_folder(folder, beside) / beside.name
+        with naming(beside):
+            path.write_bytes(data)
+        return path
 
     def open(self, target: Path | str) -> BinaryIO:
         """A binary file to stream `target`'s new content into; closed at commit at the latest."""

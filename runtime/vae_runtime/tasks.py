@@ -130,6 +130,7 @@ def write_samples(
             )
         outputs.commit()
     what = "manifold" if manifold else f"seed {seed}, temperature {temperature:g}"
+    what += _precisions(decoder)
     written = [str(p) for p in (out, npy) if p is not None]
     if images_dir is not None:
         written.append(f"{n} files in {images_dir}")
@@ -231,7 +232,8 @@ def write_interpolation(
             outputs.write_bytes(out, png_bytes(grid))
         outputs.commit()
     written = ", ".join(str(p) for p in (out, gif, npy) if p is not None)
-    return f"{steps} steps ({method}, {what}) -> {written}"
+    graphs = (decoder,) if encoder_path is None else (encoder, decoder)
+    return f"{steps} steps ({method}, {what}{_precisions(*graphs)}) -> {written}"
 
 
 def write_reconstructions(
@@ -282,7 +284,15 @@ def write_reconstructions(
         outputs.write_bytes(out, png_bytes(grid))
         outputs.commit()
     written = ", ".join(str(p) for p in (out, npy) if p is not None)
-    return f"{n} images reconstructed -> {written}"
+    note = _precisions(encoder, decoder).removeprefix("; ")
+    return f"{n} images reconstructed{f' ({note})' if note else ''} -> {written}"
+
+
+def _precisions(*graphs: Encoder | Decoder) -> str:
+    """ "; int8 decoder" for a summary line when a graph is not fp32, else ""."""
+    if all(g.precision == "fp32" for g in graphs):
+        return ""
+    return "; " + ", ".join(f"{g.precision} {g.role}" for g in graphs)
 
 
 def _chunks(array: np.ndarray, size: int) -> Iterator[np.ndarray]:

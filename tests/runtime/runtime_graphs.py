@@ -22,6 +22,7 @@ from vae_runtime.contract import (
     ENCODER_OUTPUTS,
     IMAGE_PIXELS,
     MANIFEST_FILE,
+    META_PRECISION,
     FileEntry,
     Manifest,
     build_metadata,
@@ -141,10 +142,14 @@ def build_encoder(latent_dim: int = 2, hidden: int = 16, *, seed: int = 1) -> on
     )
 
 
-def write_manifest(directory: Path, *names: str, latent_dim: int = 2) -> Path:
+def write_manifest(
+    directory: Path, *names: str, latent_dim: int = 2, precision: str = "fp32"
+) -> Path:
     """A manifest.json listing `names` (files in `directory`, their role read from the name)."""
     files = {
-        n: FileEntry.of((directory / n).read_bytes(), "encoder" if "encoder" in n else "decoder")
+        n: FileEntry.of(
+            (directory / n).read_bytes(), "encoder" if "encoder" in n else "decoder", precision
+        )
         for n in names
     }
     path = directory / MANIFEST_FILE
@@ -176,4 +181,18 @@ def write_blank_png(path: Path, width: int, height: int) -> Path:
         + chunk(b"IDAT", b"".join(idat))
         + chunk(b"IEND", b"")
     )
+    return path
+
+
+def quantize(model: onnx.ModelProto, path: Path) -> Path:
+    """`model` through onnxruntime's dynamic int8 quantization, marked int8, saved at `path`."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(model, path, weight_type=QuantType.QInt8)
+    int8 = onnx.load(path)
+    assert any(n.op_type == "MatMulInteger" for n in int8.graph.node)  # really quantized
+    props = {p.key: p.value for p in int8.metadata_props} | {META_PRECISION: "int8"}
+    del int8.metadata_props[:]
+    onnx.helper.set_model_props(int8, props)
+    onnx.save(int8, path)
     return path

@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import typer
 from helpers import expect_error, expect_interrupted, outcome
 from PIL import Image
+from runtime_graphs import quantize
 from typer.testing import CliRunner, Result
 
 from vae_runtime import Decoder, fileio, sample_latents
@@ -511,3 +513,18 @@ def test_interpolation_and_reconstruction_need_their_inputs(
     with pytest.raises(InvalidArgumentError, match="no input images given"):
         tasks.write_reconstructions(graphs["encoder"], graphs["decoder"], [])
     assert files_in(work) == {"one.png"}
+
+
+def test_commands_name_a_graph_that_is_not_fp32(graphs, work: Path) -> None:
+    int8 = quantize(onnx.load(graphs["decoder"]), work / "decoder.int8.onnx")
+    result = run(generate_app, ["--onnx", int8, "-o", "s.png"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("25 images (seed 0, temperature 1; int8 decoder) -> s.png")
+    result = run(interpolate_app, ["--onnx", int8, "--no-gif"])
+    assert "; int8 decoder) -> interpolation.png" in result.stdout
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(work / "a.png")
+    args = ["--encoder", graphs["encoder"], "--decoder", int8, "a.png"]
+    result = run(reconstruct_app, args)
+    assert "1 images reconstructed (fp32 encoder, int8 decoder) -> " in result.stdout
+    result = run(generate_app, ["--onnx", graphs["decoder"], "-o", "t.png"])
+    assert result.stdout.startswith("25 images (seed 0, temperature 1) -> t.png")

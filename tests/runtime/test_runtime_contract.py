@@ -109,6 +109,8 @@ def _tampered() -> list[tuple[Any, str]]:
         ("files", {"d.onnx": {"sha256": "ab" * 32, "bytes": -1}}, "expected a byte count"),
         ("files", {"d.onnx": {"sha256": "ab" * 32, "bytes": 1, "role": "x"}}, "role 'x'"),
         ("checkpoint", "model.pt", "'checkpoint' is not an object"),
+        ("files", {"d.onnx": {"sha256": "ab" * 32, "bytes": 1, "precision": "int4"}}, "'int4'"),
+        ("files", {"d.onnx": {"sha256": "ab" * 32, "bytes": 1, "quality": [1]}}, "quality"),
     ):
         cases.append(({**good, key: value}, message))
     return cases
@@ -142,3 +144,34 @@ def test_a_huge_file_is_no_manifest(tmp_path: Path) -> None:
         f.truncate(17 << 20)  # sparse: 17 MiB that take no disk
     with pytest.raises(ModelFileError, match="is not a manifest"):
         Manifest.load(path)
+
+
+def test_graph_files_are_named_by_role_and_precision() -> None:
+    names = {(r, p): contract.graph_file(r, p) for r in contract.ROLES for p in contract.PRECISIONS}
+    assert names[("decoder", "fp32")] == contract.DECODER_FILE == "decoder.onnx"
+    assert names[("encoder", "int8")] == "encoder.int8.onnx"
+    assert names[("decoder", "fp16")] == "decoder.fp16.onnx"
+    assert len(set(names.values())) == len(names)
+    with pytest.raises(ValueError, match="no graph file"):
+        contract.graph_file("decoder", "int4")
+
+
+def test_precision_in_metadata_and_manifest_round_trips(tmp_path: Path) -> None:
+    meta = contract.build_metadata(
+        "decoder", 20, producer_version="t", source={}, training={}, precision="int8"
+    )
+    assert contract.parse_metadata(meta, "d.onnx").precision == "int8"
+    old = {k: v for k, v in meta.items() if k != contract.META_PRECISION}
+    assert contract.parse_metadata(old, "d.onnx").precision == "fp32"  # graphs before it
+    with pytest.raises(ModelFileError, match=r"d\.onnx: unknown precision .int4."):
+        contract.parse_metadata({**meta, contract.META_PRECISION: "int4"}, "d.onnx")
+    with pytest.raises(ValueError, match="precision 'int4'"):
+        contract.build_metadata(
+            "decoder", 2, producer_version="", source={}, training={}, precision="int4"
+        )
+    entry = FileEntry.of(b"g", "decoder", "int8", {"pixel_max_abs": 0.02, "images": "t10k"})
+    path = tmp_path / contract.MANIFEST_FILE
+    path.write_bytes(Manifest(files={"decoder.int8.onnx": entry}, latent_dim=20).to_bytes())
+    loaded = Manifest.load(path)
+    assert loaded.files == {"decoder.int8.onnx": entry}
+    assert loaded.to_bytes() == path.read_bytes()

@@ -109,6 +109,20 @@ def test_commit_replaces_the_set_and_leaves_nothing_else(folder: Path) -> None:
     assert list(journal)[-2:] == [a, b]
 
 
+def test_a_scratch_file_is_read_back_and_never_committed(folder: Path) -> None:
+    before = tree(folder)
+    target, reference = folder / "decoder.int8.onnx", folder / "decoder.onnx"
+    with Outputs([target]) as out:
+        path = out.write_scratch(reference, b"fp32")
+        assert path.read_bytes() == b"fp32" and path.parent != folder  # hidden, staged
+        for wrong in (target, folder / "elsewhere" / "x.onnx"):  # an output; not beside one
+            with pytest.raises(InvalidArgumentError, match="is an output, or not beside one"):
+                out.write_scratch(wrong, b"")
+        out.write_bytes(target, b"int8")
+        out.commit()
+    assert tree(folder) == {**before, "decoder.int8.onnx": b"int8"}
+
+
 def test_abort_restores_everything_and_removes_the_folders_it_made(folder: Path) -> None:
     before = tree(folder)
     a, b = folder / "old.bin", folder / "made" / "here" / "b.bin"

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from runtime_graphs import build_decoder, build_encoder, write_manifest
+from runtime_graphs import build_decoder, build_encoder, quantize, write_manifest
 
 from vae_runtime import (
     Decoder,
@@ -182,6 +182,28 @@ def test_a_manifest_that_disagrees_on_role_or_size_is_refused(
     write_manifest(tmp_path, "decoder.onnx", latent_dim=7)
     with pytest.raises(ModelFileError, match="lists it as decoder of latent size 7"):
         Decoder.load(tmp_path / "decoder.onnx")
+
+
+def test_an_int8_graph_loads_like_any_other_and_says_so(tmp_path: Path) -> None:
+    fp32 = build_decoder(2, 64)
+    quantize(fp32, tmp_path / "decoder.int8.onnx")
+    write_manifest(tmp_path, "decoder.int8.onnx", precision="int8")
+    decoder = Decoder.load(tmp_path / "decoder.int8.onnx")
+    assert decoder.precision == "int8"
+    assert decoder.entry is not None and decoder.entry.precision == "int8"
+    (tmp_path / "fp32").mkdir()
+    reference = Decoder.load(_saved(tmp_path / "fp32" / "decoder.onnx", fp32))
+    assert reference.precision == "fp32" and reference.entry is None
+    z = np.random.default_rng(0).standard_normal((64, 2)).astype(np.float32)
+    assert np.abs(decoder.decode(z) - reference.decode(z)).max() < 0.05
+    write_manifest(tmp_path, "decoder.int8.onnx")  # the manifest says fp32: not this file
+    with pytest.raises(ModelFileError, match=r"an int8 graph, but .* lists it as fp32"):
+        Decoder.load(tmp_path / "decoder.int8.onnx")
+
+
+def _saved(path: Path, model: onnx.ModelProto) -> Path:
+    onnx.save(model, path)
+    return path
 
 
 def test_unreadable_manifest(tmp_path: Path, graphs: dict[str, Path]) -> None:
