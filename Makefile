@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 OUT ?= out
 TORCH ?= torch==2.13.0
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench clean web-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 install: $(VENV)/.installed
+
+# Debian's Chromium and the pinned onnxruntime-web, for vae-web's browser tests (they skip,
+# saying so, where Chromium is absent; CI runs this first and requires them).
+web-deps:
+	bash .ci/web-deps
 
 lint: install
 	$(BIN)/ruff check .
@@ -43,6 +48,7 @@ bench: install
 	$(BIN)/vae-export $(OUT)/model.pt -o $(OUT)/precisions --precision fp32,int8,fp16 --force --quiet
 	$(BIN)/python bench/generate_speed.py --precisions $(OUT)/precisions --methods
 	$(BIN)/python bench/typer_pin.py --decoder $(OUT)/decoder.onnx
+	$(BIN)/python bench/web_speed.py --onnx-dir $(OUT)
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache

@@ -115,3 +115,8 @@ def vae_interpolate() -> None:  # pragma: no cover  (console scripts)
 def vae_reconstruct() -> None:  # pragma: no cover  (console scripts)
     """`vae-reconstruct`."""
     run("vae-reconstruct", "vae_runtime.cli:reconstruct_app")
+
+
+def vae_web() -> None:  # pragma: no cover  (console scripts)
+    """`vae-web`."""
+    run("vae-web", "vae_runtime.web:web_app")

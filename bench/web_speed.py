@@ -1,0 +1,153 @@
+"""vae-web's page in Chromium against onnxruntime in Python, on the same machine, in one run.
+
+Measures: navigation to the first decoded grid on a warm local server (median of --loads page
+loads, each in a fresh browser context); decoder latency per call at batch 1 and 25 (median and
+p99 of --runs calls) inside the page's worker (onnxruntime-web's wasm backend, session.run) and as
+the page sees it (a round trip to the worker), beside `Decoder.decode` in Python. The page is
+served with COOP/COEP (two wasm threads) unless --no-isolate.
+
+    python bench/web_speed.py --onnx-dir out            # after vae-export
+    python bench/web_speed.py --onnx-dir out --precision int8
+
+Needs Debian's Chromium at /usr/bin/chromium and web/node_modules (.ci/web-deps installs both).
+A measurement, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import http.server
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vae_runtime.session import Decoder
+from vae_runtime.web import build_site
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    isolate = True
+
+    def end_headers(self) -> None:
+        if self.isolate:
+            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+            self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        super().end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def serve(folder: Path, isolate: bool) -> Iterator[str]:
+    handler = type("Handler", (_Handler,), {"isolate": isolate})
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(folder))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def stats(ms: list[float]) -> tuple[float, float]:
+    """(median, p99) in milliseconds."""
+    return statistics.median(ms), float(np.percentile(ms, 99))
+
+
+def python_times(decoder: Decoder, batch: int, runs: int) -> list[float]:
+    z = np.sin(np.arange(batch * decoder.latent_dim, dtype=np.float32)).reshape(batch, -1)
+    for _ in range(20):
+        decoder.decode(z)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        decoder.decode(z)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--onnx-dir", type=Path, default=Path("out"))
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--loads", type=int, default=5)
+    parser.add_argument("--no-isolate", action="store_true", help="serve without COOP/COEP")
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp:
+        site = Path(tmp) / "site"
+        print(build_site(args.onnx_dir, site, precision=args.precision))
+        decoder = Decoder.load(
+            site
+            / ("decoder.onnx" if args.precision == "fp32" else f"decoder.{args.precision}.onnx")
+        )
+        with serve(site, not args.no_isolate) as url, sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path="/usr/bin/chromium", args=["--no-sandbox"]
+            )
+            first_grid, sessions = [], []
+            for _ in range(args.loads):
+                context = browser.new_context()
+                page = context.new_page()
+                page.goto(url)
+                page.wait_for_function("document.body.dataset.state === 'ready'")
+                timings = page.evaluate("vaeTest.timings")
+                first_grid.append(timings["firstGrid"])
+                sessions.append(timings["sessions"])
+                threads = page.evaluate("document.body.dataset.threads")
+                if _ < args.loads - 1:
+                    context.close()
+            warm = []  # reloads in the last context: the browser's cache holds the files
+            for _ in range(args.loads):
+                page.reload()
+                page.wait_for_function("document.body.dataset.state === 'ready'")
+                warm.append(page.evaluate("vaeTest.timings")["firstGrid"])
+            rows = []
+            for batch in (1, 25):
+                inside = page.evaluate(f"vaeTest.bench({args.runs}, {batch})")
+                trip = page.evaluate(f"vaeTest.roundTrips({args.runs}, {batch})")
+                native = python_times(decoder, batch, args.runs)
+                rows.append((batch, stats(inside), stats(trip), stats(native)))
+            browser.close()
+
+    print(
+        f"\nChromium {browser.version}, onnxruntime-web wasm, {threads} thread(s); "
+        f"{decoder.precision} decoder, latent {decoder.latent_dim}; {args.runs} calls each"
+    )
+    print(
+        f"reload (browser cache warm) -> first grid: median {statistics.median(warm):.0f} ms "
+        f"({', '.join(f'{t:.0f}' for t in warm)})"
+    )
+    print(
+        f"fresh context (cold cache) -> first grid: "
+        f"median {statistics.median(first_grid):.0f} ms "
+        f"(sessions ready at {statistics.median(sessions):.0f} ms; {args.loads} loads: "
+        f"{', '.join(f'{t:.0f}' for t in first_grid)})"
+    )
+    print(
+        "\n| batch | page worker run (median / p99) | page round trip | Python onnxruntime "
+        "| worker / Python |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    for batch, inside, trip, native in rows:
+        print(
+            f"| {batch} | {inside[0]:.3f} / {inside[1]:.3f} ms | {trip[0]:.3f} / {trip[1]:.3f} ms"
+            f" | {native[0]:.3f} / {native[1]:.3f} ms | {inside[0] / native[0]:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+/* The decoding worker: it owns the onnxruntime-web sessions, so that the page's main thread only
+ * draws (a slider never waits for a graph). Requests run one at a time, in order of arrival;
+ * each answer is {id, ok, result} or {id, ok: false, error: "a readable line"}. */
+'use strict';
+
+let decoder = null;
+let encoder = null;
+let latentDim = 0;
+let queue = Promise.resolve();
+
+self.onmessage = (event) => {
+  const request = event.data;
+  queue = queue.then(() => handle(request));
+};
+
+async function handle(request) {
+  try {
+    const [result, transfer] = await dispatch(request);
+    self.postMessage({ id: request.id, ok: true, result }, transfer);
+  } catch (err) {
+    self.postMessage({ id: request.id, ok: false, error: String((err && err.message) || err) });
+  }
+}
+
+async function dispatch(request) {
+  switch (request.op) {
+    case 'init':
+      return [await init(request), []];
+    case 'load-encoder':
+      encoder = await load(request.base, request.entry, 'encoder');
+      return [true, []];
+    case 'decode': {
+      const images = await decode(request.z, request.n);
+      return [images, [images.buffer]];
+    }
+    case 'encode': {
+      const result = await encode(request.x, request.n);
+      return [result, [result.mu.buffer, result.logvar.buffer]];
+    }
+    case 'bench':
+      return [await bench(request.runs, request.batch), []];
+    default:
+      throw new Error(`unknown request ${request.op}`);
+  }
+}
+
+async function init({ base, config, threads }) {
+  try {
+    importScripts(base + 'ort.wasm.min.js');
+  } catch (err) {
+    throw new Error(`ort.wasm.min.js (onnxruntime-web) could not be loaded: ${err.message}`);
+  }
+  ort.env.wasm.wasmPaths = base; // this folder, never a CDN
+  ort.env.wasm.numThreads = threads;
+  ort.env.wasm.proxy = false; // this worker is the proxy
+  ort.env.logLevel = 'error';
+  latentDim = config.latent_dim;
+  decoder = await load(base, config.decoder, 'decoder'); // the encoder comes after the first grid
+  return { threads };
+}
+
+function hex(buffer) {
+  return Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+async function load(base, entry, role) {
+  let response;
+  try {
+    response = await fetch(base + entry.file);
+  } catch (err) {
+    throw new Error(`${entry.file} could not be fetched (${err.message})`);
+  }
+  if (!response.ok) {
+    throw new Error(
+      `${entry.file}: HTTP ${response.status} ${response.statusText}; the site folder is ` +
+        'incomplete: write it again with vae-web',
+    );
+  }
+  const bytes = new Uint8Array(await response.arrayBuffer());
+  // crypto.subtle exists on https and localhost pages only; elsewhere the size still is checked.
+  const digest = self.crypto && crypto.subtle ? hex(await crypto.subtle.digest('SHA-256', bytes)) : null;
+  if (bytes.length !== entry.bytes || (digest !== null && digest !== entry.sha256)) {
+    const found = digest ? `SHA-256 ${digest.slice(0, 16)}...` : `${bytes.length} bytes`;
+    const want = digest ? `${entry.sha256.slice(0, 16)}...` : `${entry.bytes}`;
+    throw new Error(
+      `${entry.file}: ${found} does not match ${want} in model.json; the file was changed ` +
+        'after vae-web wrote the site: write it again',
+    );
+  }
+  try {
+    return await ort.InferenceSession.create(bytes, {
+      executionProviders: ['wasm'],
+      graphOptimizationLevel: 'all',
+    });
+  } catch (err) {
+    throw new Error(`${entry.file}: onnxruntime-web cannot load this ${role} graph (${err.message || err})`);
+  }
+}
+
+// Float32Array (n * latentDim) -> Float32Array (n * 784) in [0, 1]. The runtime clips too:
+// the Sigmoid's approximation can return 1.0000001.
+async function decode(z, n) {
+  const feeds = { z: new ort.Tensor('float32', z, [n, latentDim]) };
+  const { image } = await decoder.run(feeds);
+  const pixels = Float32Array.from(image.data);
+  for (let i = 0; i < pixels.length; i++) pixels[i] = Math.min(Math.max(pixels[i], 0), 1);
+  return pixels;
+}
+
+// Float32Array (n * 784) in [0, 1] -> {mu, logvar}, each Float32Array (n * latentDim).
+async function encode(x, n) {
+  if (!encoder) throw new Error('this site has no encoder');
+  const out = await encoder.run({ image: new ort.Tensor('float32', x, [n, 1, 28, 28]) });
+  return { mu: Float32Array.from(out.mu.data), logvar: Float32Array.from(out.logvar.data) };
+}
+
+// Milliseconds of each of `runs` decoder runs of `batch` latents, inside this worker.
+async function bench(runs, batch) {
+  const z = new Float32Array(batch * latentDim).map((_, i) => Math.sin(i));
+  for (let i = 0; i < 20; i++) await decode(z, batch); // warm-up
+  const times = [];
+  for (let i = 0; i < runs; i++) {
+    const start = performance.now();
+    await decode(z, batch);
+    times.push(performance.now() - start);
+  }
+  return times;
+}
