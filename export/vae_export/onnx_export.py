@@ -112,9 +112,14 @@ def export_checkpoint(
             else:
                 fp32[role] = outputs.write_scratch(out / C.graph_file(role), blob)
         encode, decode = _torch_references(model)
+        # Loaded once, the reference of every check below. (Named, not a tuple being built:
+        # a session freed while an interrupt unwinds waits for its thread pool, which a forked
+        # copy, tests/faults/test_faults_signals.py's, does not have.)
+        fp32_encoder = Encoder.load(fp32["encoder"])
+        fp32_decoder = Decoder.load(fp32["decoder"])
+        reference = (fp32_encoder, fp32_decoder)
         report = verify_graphs(
-            fp32["encoder"],
-            fp32["decoder"],
+            *reference,
             encode,
             decode,
             images[: max(BATCH_SIZES)],
@@ -127,7 +132,6 @@ def export_checkpoint(
         entries: dict[str, C.FileEntry] = {}
         if "fp32" in precisions:
             entries = {C.graph_file(r): C.FileEntry.of(b, r) for r, b in blobs.items()}
-        reference = (Encoder.load(fp32["encoder"]), Decoder.load(fp32["decoder"]))
         qualities = []
         for p in lower_precisions:
             lowered = {}

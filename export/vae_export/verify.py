@@ -172,8 +172,8 @@ def _run(graph: Encoder | Decoder, batch: np.ndarray, names: list[str]) -> dict[
 
 
 def verify_graphs(
-    encoder_path: Path,
-    decoder_path: Path,
+    encoder: Encoder | Path,
+    decoder: Decoder | Path,
     encode: Reference,
     decode: Reference,
     images: np.ndarray,
@@ -183,11 +183,12 @@ def verify_graphs(
     atol: float = ATOL,
     rtol: float = RTOL,
 ) -> Report:
-    """Load both graphs through the runtime and compare them with their references on the
-    standard inputs (see encoder_inputs, decoder_inputs) at BATCH_SIZES. Returns the report;
-    does not raise on disagreement (a graph the runtime refuses to load raises its error)."""
-    encoder = Encoder.load(encoder_path)
-    decoder = Decoder.load(decoder_path)
+    """Compare both graphs (as the runtime loaded them, or paths it loads here) with their
+    references on the standard inputs (see encoder_inputs, decoder_inputs) at BATCH_SIZES.
+    Returns the report; does not raise on disagreement (a graph the runtime refuses to load
+    raises its error)."""
+    encoder = encoder if isinstance(encoder, Encoder) else Encoder.load(encoder)
+    decoder = decoder if isinstance(decoder, Decoder) else Decoder.load(decoder)
     comparisons = compare_graph(
         encoder, encode, encoder_inputs(images, images_name), atol=atol, rtol=rtol
     ) + compare_graph(decoder, decode, decoder_inputs(latent_dim), atol=atol, rtol=rtol)
