@@ -14,7 +14,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[train,dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[train,serve,dev]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -49,6 +49,8 @@ bench: install
 	$(BIN)/python bench/generate_speed.py --precisions $(OUT)/precisions --methods
 	$(BIN)/python bench/typer_pin.py --decoder $(OUT)/decoder.onnx
 	$(BIN)/python bench/web_speed.py --onnx-dir $(OUT)
+	$(BIN)/python -m pip install -q fastapi  # the reference server of serve_speed.py only
+	$(BIN)/python bench/serve_speed.py --model $(OUT)/model.pt --onnx-dir $(OUT)
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache

@@ -1,5 +1,6 @@
 """Benchmark: vae-train's loop against the common per-image Dataset/DataLoader way, same data,
-and against the hand-written backward pass it used before (issue 8), in the same run.
+and against the hand-written backward pass it used before (issue 8), in the same run; whole
+processes (`vae-train` against bench/reference_vae.py, 5 and 10 epochs); fp32 against bf16.
 
     python bench/train_speed.py --data-dir /path/to/mnist      (or VAE_DATA_DIR=...)
 
@@ -19,9 +20,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from vae_train.cli import tune_threads
 
@@ -208,13 +211,126 @@ def epoch_flops(n_train: int, n_test: int, hidden: int = 400, latent: int = 20) 
     return 2.0 * (n_train * (3 * m - 784 * hidden) + n_test * m)
 
 
+def bf16_rate(batch: int = 128, hidden: int = 400, seconds: float = 1.0) -> float:
+    """As `batch_matmul_rate`, in bfloat16: the rate a bf16 step's GEMMs can reach."""
+    shapes = [((batch, 784), (784, hidden)), ((784, batch), (batch, hidden))]
+    rates = [
+        _best_rate(torch.randn(*x).bfloat16(), torch.randn(*y).bfloat16(), seconds / 2)
+        for x, y in shapes
+    ]
+    return len(rates) / sum(1 / r for r in rates)
+
+
+def _process(args: list[str]) -> float:
+    """Wall seconds of one whole process (start-up, training, figures, exit)."""
+    start = time.perf_counter()
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def whole_process(data_dir: str, repeats: int) -> None:
+    """`vae-train --epochs E` against `bench/reference_vae.py --epochs E`, whole processes,
+    alternating, the ratio taken within each repeat (the VM's speed drifts)."""
+    bench = Path(__file__).parent
+    vae_train = str(Path(sys.executable).parent / "vae-train")
+    print("\n| whole process | vae-train (s) | reference (s) | ratio | ratios of the repeats |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    for epochs in (5, 10):
+        ours, ref, ratios = [], [], []
+        for _ in range(repeats):
+            with tempfile.TemporaryDirectory() as out:
+                a = _process(
+                    [
+                        vae_train,
+                        "--data-dir",
+                        data_dir,
+                        "--out",
+                        out,
+                        "-q",
+                        "--epochs",
+                        str(epochs),
+                        "--device",
+                        "cpu",
+                    ]
+                )
+            b = _process(
+                [
+                    sys.executable,
+                    str(bench / "reference_vae.py"),
+                    "--data-dir",
+                    data_dir,
+                    "--epochs",
+                    str(epochs),
+                ]
+            )
+            ours.append(a)
+            ref.append(b)
+            ratios.append(b / a)
+        print(
+            f"| {epochs} epochs | {np.median(ours):.2f} | {np.median(ref):.2f} | "
+            f"{np.median(ratios):.2f}x | {', '.join(f'{r:.2f}' for r in ratios)} |"
+        )
+
+
+def precisions(data: object, epochs: int, seeds: int, n_train: int, n_test: int) -> None:
+    """fp32 against bf16: seconds per epoch (median of epochs 2.., every seed) and the test loss
+    after `epochs` (mean over seeds), the runs alternating; floors at each precision's rate."""
+    results: dict[str, dict[str, list[float]]] = {
+        p: {"epoch": [], "loss": []} for p in ("fp32", "bf16")
+    }
+    ratios = []
+    for seed in range(1, seeds + 1):
+        medians = {}
+        for precision in ("fp32", "bf16"):
+            with tempfile.TemporaryDirectory() as out:
+                ckpt = train(
+                    TrainSettings(epochs=epochs, seed=seed, device="cpu", precision=precision),
+                    out_dir=out,
+                    data=data,
+                )
+            seconds = [m["seconds"] for m in ckpt.metrics][1:]
+            results[precision]["epoch"] += seconds
+            results[precision]["loss"].append(ckpt.metrics[-1]["test_loss"])
+            medians[precision] = float(np.median(seconds))
+            print(f"  {precision} seed {seed}: {' '.join(f'{x:.3f}' for x in seconds)}")
+        ratios.append(medians["fp32"] / medians["bf16"])
+    flops = epoch_flops(n_train, n_test)
+    rates = {"fp32": batch_matmul_rate(), "bf16": bf16_rate()}
+    print(
+        f"\n| precision | s / epoch (median) | floor at its batch-128 GEMM rate | "
+        f"test loss after {epochs} epochs (mean of {seeds} seeds) |"
+    )
+    print("| --- | ---: | ---: | ---: |")
+    for p in ("fp32", "bf16"):
+        r = results[p]
+        print(
+            f"| {p} | {np.median(r['epoch']):.3f} | {flops / rates[p]:.3f} "
+            f"({rates[p] / 1e9:.0f} GFLOP/s) | {np.mean(r['loss']):.2f} "
+            f"({', '.join(f'{x:.2f}' for x in r['loss'])}) |"
+        )
+    gap = np.mean(results["bf16"]["loss"]) - np.mean(results["fp32"]["loss"])
+    print(
+        f"bf16 is {np.median(ratios):.2f}x fp32 per epoch (per seed "
+        f"{', '.join(f'{r:.2f}' for r in ratios)}; target >= 1.6); test loss {gap:+.2f} nats "
+        "(target within 0.5)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("VAE_DATA_DIR"))
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each vae-train variant")
+    parser.add_argument(
+        "--sections",
+        default="epoch,whole,precision",
+        help="comma-separated: epoch (per-epoch table, hand-written backward), whole (whole "
+        "processes, 5 and 10 epochs), precision (fp32 against bf16, 3 seeds)",
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of the precision section")
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
     if not args.data_dir:
         sys.exit("train_speed.py: error: pass --data-dir or set VAE_DATA_DIR")
     data = load_mnist(args.data_dir)
@@ -223,6 +339,12 @@ def main() -> None:
         f"data: {n_train} train / {n_test} test images from {data.source}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
     )
+    if "whole" in sections:
+        whole_process(args.data_dir, args.repeats)
+    if "precision" in sections:
+        precisions(data, args.epochs, args.seeds, n_train, n_test)
+    if "epoch" not in sections:
+        return
 
     # The machine's speed drifts by tens of percent from minute to minute (a shared VM): each
     # repeat runs all three back to back, and the ratios are taken within a repeat.

@@ -117,6 +117,13 @@ def vae_reconstruct() -> None:  # pragma: no cover  (console scripts)
     run("vae-reconstruct", "vae_runtime.cli:reconstruct_app")
 
 
+def vae_serve() -> None:  # pragma: no cover  (console scripts)
+    """`vae-serve`: needs the serve extra."""
+    requires = ("starlette", "uvicorn", "orjson", "prometheus_client")
+    hint = "install the serve extra: pip install 'mnist-vae[serve]'"
+    run("vae-serve", "vae_runtime.serve:serve_app", requires, hint)
+
+
 def vae_web() -> None:  # pragma: no cover  (console scripts)
     """`vae-web`."""
     run("vae-web", "vae_runtime.web:web_app")

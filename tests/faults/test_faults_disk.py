@@ -67,7 +67,14 @@ NOBODY = 65534
 BUSY = "another mnist-vae command is writing into this folder"
 DEC, ENC, MANIFEST = "onnx/decoder.onnx", "onnx/encoder.onnx", "onnx/manifest.json"
 TRAIN_IMAGES, TEST_IMAGES = "data/train-images-idx3-ubyte.gz", "data/t10k-images-idx3-ubyte.gz"
-TRAIN_FILES = ("metrics.jsonl", "samples.png", "reconstructions.png", "model.pt")  # write order
+TRAIN_FILES = (  # write order
+    "metrics.jsonl",
+    "samples.png",
+    "reconstructions.png",
+    "loss.png",
+    "progress.gif",
+    "model.pt",
+)
 EXPORT_FILES = ("encoder.onnx", "decoder.onnx", "manifest.json")  # write order
 APPS: dict[str, typer.Typer] = {
     "vae-generate": generate_app,
@@ -984,7 +991,10 @@ FULL = {
         ("disk/r.png",),
     ),
     "train-new-folder": Full(
-        "vae-train", (*TRAIN, "--out", "disk/new/run"), 96 << 10, "disk/new/run/model.pt"
+        "vae-train",
+        (*TRAIN, "--out", "disk/new/run"),
+        96 << 10,
+        r"disk/new/run/(loss\.png|progress\.gif|model\.pt)",
     ),
     "train-download": Full(
         "vae-train",

@@ -957,7 +957,14 @@ TRAIN_BASE: dict[str, SearchStrategy[str | None]] = {
     "--data-dir": st.just("data"),
     "--quiet": FLAG,
 }
-TRAIN_OUTPUTS = ("model.pt", "metrics.jsonl", "samples.png", "reconstructions.png")
+TRAIN_OUTPUTS = (
+    "model.pt",
+    "metrics.jsonl",
+    "samples.png",
+    "reconstructions.png",
+    "loss.png",
+    "progress.gif",
+)
 
 
 def _train_effects(root: Path, work: Path, given: dict[str, str | None]) -> Effects:
@@ -2646,7 +2653,7 @@ def test_regression_settings_keep_numpy_numbers(make: Callable[[], Any]) -> None
     drops the plain int/float they return, so the dataclass keeps what was given (see the next
     test for what that breaks)."""
     made = make()
-    wanted = {"lr": float, "device": str}
+    wanted = {"lr": float, "device": str, "precision": str, "binarize": bool}
     types = {f: type(getattr(made, f)) for f in made.__dataclass_fields__}
     assert types == {f: wanted.get(f, int) for f in types}, types
 

@@ -65,7 +65,14 @@ Tree = dict[str, bytes | str]  # processes.tree's form: path -> bytes, or the en
 
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 NOTHING_KEPT = "no file was changed"  # how every "nothing was written" line ends
-TRAIN_FILES = ("model.pt", "metrics.jsonl", "samples.png", "reconstructions.png")
+TRAIN_FILES = (
+    "model.pt",
+    "metrics.jsonl",
+    "samples.png",
+    "reconstructions.png",
+    "loss.png",
+    "progress.gif",
+)
 GRAPH_FILES = ("encoder.onnx", "decoder.onnx", "manifest.json")
 TRAIN_GZ = "train-images-idx3-ubyte.gz"
 TEST_GZ = "t10k-images-idx3-ubyte.gz"
@@ -303,7 +310,9 @@ def train_set(out: str, seed: int, epochs: int, checks: Checks) -> FileSet:
             problems.append(f"model.pt is not from this run: {ckpt.run}, epoch {ckpt.epoch}")
         if finished and ckpt.epoch != epochs:
             problems.append(f"a finished run left model.pt at epoch {ckpt.epoch} of {epochs}")
-        problems += [p for t in targets[2:] if (p := _image_problem(_data(after, t), t))]
+        for t in targets[2:]:  # progress.gif: one frame per finished epoch, the others one
+            frames = ckpt.epoch if t.endswith(".gif") else 1
+            problems += [p for p in [_image_problem(_data(after, t), t, frames)] if p]
         return problems
 
     def kept(after: Tree) -> list[str]:
@@ -1091,7 +1100,7 @@ IMAGES_LAB = 2
 TRAIN_HOOKS = (
     "vae_train.training:load_mnist",
     "vae_train.training:_Run._train_epoch",
-    "torch.optim:Adam.step",
+    "vae_train.adam:Adam.step",
     "vae_train.training:_Run._evaluate",
     "vae_train.training:checkpoint_bytes",
     "tempfile:mkdtemp",
@@ -1300,7 +1309,7 @@ def test_hooks_train(fresh: bool, epochs: int, background: Background) -> None:
     epoch count, which test_hooks_train_line_counts_the_epochs_kept checks."""
     must_see = [
         "vae_train.training:load_mnist:before",
-        "torch.optim:Adam.step:after",
+        "vae_train.adam:Adam.step:after",
         "vae_train.training:_Run._evaluate:after",
         "vae_train.training:checkpoint_bytes:before",
         "os:replace:after",

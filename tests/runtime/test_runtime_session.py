@@ -285,3 +285,10 @@ def test_absurd_latents_are_blamed_not_the_graph(graphs: dict[str, Path]) -> Non
         decoder.decode(huge)
     with pytest.raises(InvalidArgumentError, match="NaN or infinite pixels"):
         Encoder.load(graphs["encoder"]).encode(np.full((1, 28, 28), np.nan, np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.bool_, np.complex64])
+def test_images_of_other_dtypes_are_refused(graphs: dict[str, Path], dtype: object) -> None:
+    encoder = Encoder.load(graphs["encoder"])
+    with pytest.raises(InvalidArgumentError, match=r"uint8 \(0-255\) or float \(0-1\)"):
+        encoder.encode(np.zeros((1, 28, 28), dtype=dtype))

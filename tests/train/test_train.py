@@ -51,8 +51,10 @@ def test_outputs(
 ) -> None:
     ckpt = _run(tmp_path, tiny_data, tiny_config, tiny_settings())
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "loss.png",
         "metrics.jsonl",
         "model.pt",
+        "progress.gif",
         "reconstructions.png",
         "samples.png",
     ]  # and no temporary files left behind
@@ -67,6 +69,8 @@ def test_outputs(
         "seed": 5,
         "device": "cpu",
         "data": "synthetic",
+        "precision": "fp32",
+        "binarize": False,
     }
     assert set(stored.rng) == {"shuffle", "noise"}
     assert stored.optimizer is not None

@@ -1,5 +1,5 @@
-"""`vae-train` (also `python -m vae_train`): signal handlers first, then a one-line hint if torch
-is missing, then the command (vae_train.cli)."""
+"""`vae-train` (also `python -m vae_train`) and `vae-eval`: signal handlers first, then a one-line
+hint if torch is missing, then the command (vae_train.cli)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ INSTALL_HINT = "install the training extra: pip install torch==2.13.0 'mnist-vae
 def main() -> None:
     """Console entry point of `vae-train`."""
     run("vae-train", "vae_train.cli:app", ("torch",), INSTALL_HINT, quiet_imports=())
+
+
+def eval_main() -> None:
+    """Console entry point of `vae-eval`."""
+    run("vae-eval", "vae_train.cli:eval_app", ("torch",), INSTALL_HINT, quiet_imports=())
 
 
 if __name__ == "__main__":

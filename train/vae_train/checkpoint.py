@@ -5,12 +5,16 @@ Layout (format version 1):
     format_version  1
     config          VAEConfig as a dict            (rebuilds the model)
     state_dict      the model's tensors
-    run             the run's settings: epochs, batch_size, lr, seed, device, data
+    run             the run's settings: epochs, batch_size, lr, seed, device, data, precision,
+                    binarize (the last two absent in files of earlier versions: fp32, False)
     epoch           epochs finished
     metrics         one dict per finished epoch (train/test loss, bce, kl, seconds)
     optimizer       Adam's state_dict              (for --resume)
     rng             generator states, {"shuffle": ByteTensor, "noise": ByteTensor}
     versions        {"torch": ..., "mnist-vae": ...}
+    progress        progress.gif's frames, {"epochs": int64 (F,), "images": uint8 (F, 25, 28, 28)}
+                    (optional: files of earlier versions have none; readers that do not know it
+                    ignore it, so the format version stays 1)
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from .model import VAE, VAEConfig
 CHECKPOINT_FORMAT = "mnist-vae/checkpoint"
 CHECKPOINT_VERSION = 1
 MAX_EPOCH = 10_000  # epochs a run may reach (vae-train --epochs)
+PROGRESS_IMAGES = (25, 28, 28)  # one progress.gif frame: the 25 decoded sample latents
 
 
 class CheckpointError(ModelFileError):
@@ -54,6 +59,7 @@ class Checkpoint:
     optimizer: dict[str, Any] | None = None
     rng: dict[str, torch.Tensor] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    progress: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def build_model(self, path: Path | str = "checkpoint") -> VAE:
         """The VAE this checkpoint describes, weights loaded, in eval mode."""
@@ -84,6 +90,8 @@ def checkpoint_bytes(checkpoint: Checkpoint) -> bytes:
         "rng": checkpoint.rng,
         "versions": checkpoint.versions,
     }
+    if checkpoint.progress:
+        payload["progress"] = checkpoint.progress
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return buffer.getvalue()
@@ -168,6 +176,9 @@ def _parse(payload: Any, path: Path) -> Checkpoint:
     optimizer = payload.get("optimizer")
     if optimizer is not None and not isinstance(optimizer, dict):
         raise bad("'optimizer' is not a dict")
+    progress = payload.get("progress", {})
+    if not _is_progress(progress, epoch):
+        raise bad(f"'progress' is not epochs 1..{epoch} with uint8 images {list(PROGRESS_IMAGES)}")
     return Checkpoint(
         config=config,
         state_dict=state,
@@ -177,11 +188,32 @@ def _parse(payload: Any, path: Path) -> Checkpoint:
         optimizer=optimizer,
         rng=dict(payload.get("rng", {})),
         versions={str(k): str(v)[:100] for k, v in payload.get("versions", {}).items()},
+        progress=dict(progress),
     )
 
 
 def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_progress(value: Any, epoch: int) -> bool:
+    """progress.gif's frames: absent ({}), or increasing epochs in 1..epoch, one uint8 image
+    stack each."""
+    if not isinstance(value, dict):
+        return False
+    if not value:
+        return True
+    epochs, images = value.get("epochs"), value.get("images")
+    if set(value) != {"epochs", "images"}:
+        return False
+    if not isinstance(epochs, torch.Tensor) or not isinstance(images, torch.Tensor):
+        return False
+    if epochs.dtype != torch.int64 or epochs.ndim != 1 or images.dtype != torch.uint8:
+        return False
+    if tuple(images.shape) != (epochs.numel(), *PROGRESS_IMAGES):
+        return False
+    listed = epochs.tolist()
+    return all(1 <= e <= epoch for e in listed) and listed == sorted(set(listed))
 
 
 def _is_plain(value: Any) -> bool:

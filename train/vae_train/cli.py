@@ -1,4 +1,5 @@
-"""`vae-train`: train the seed VAE on MNIST and write model.pt, metrics.jsonl and two figures.
+"""`vae-train` (train the seed VAE; write model.pt, metrics.jsonl and four figures) and `vae-eval`
+(the test-set ELBO, the importance-weighted bound, active units; eval.json and a chart).
 
 Only options here; every rule lives in the library (TrainSettings, VAEConfig, Outputs), and the
 exit codes come from `vae_runtime._cli.VaeCommand`. Importing this module does not import torch:
@@ -24,7 +25,13 @@ TUNE_THREADS_ENV = "VAE_TUNE_THREADS"
 THREAD_TUNING = {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores", "GOMP_SPINCOUNT": "10000"}
 
 app = make_app(
-    "Train the MNIST VAE; write model.pt, metrics.jsonl, samples.png, reconstructions.png."
+    "Train the MNIST VAE; write model.pt, metrics.jsonl, samples.png, reconstructions.png, "
+    "loss.png and progress.gif."
+)
+eval_app = make_app(
+    "Evaluate a model.pt on the MNIST test set: the ELBO and the importance-weighted bound on "
+    "log p(x) (Burda et al.), nats per image with Monte-Carlo standard errors, the KL and "
+    "activity of each latent dimension, the reconstruction error; write eval.json and a chart."
 )
 
 
@@ -67,6 +74,18 @@ def train_command(
         help="Pin torch's threads one per core and let idle ones sleep after a short spin "
         "(README: Threads); without it, torch's and libgomp's defaults.",
     ),
+    precision: str = typer.Option(
+        "fp32",
+        help="fp32 (bit-reproducible) or bf16: matmuls in bfloat16 under torch.autocast, weights, "
+        "Adam's state, loss and checkpoint in float32; refused where the device has no fast bf16 "
+        "(a CPU without AVX512-BF16/AMX, a GPU without native bf16).",
+    ),
+    binarize: bool = typer.Option(
+        False,
+        "--binarize",
+        help="Dynamic binarisation: each epoch's pixels drawn as Bernoulli(intensity) from the "
+        "run's generator; the test set binarised once, from the seed (as vae-eval --binarize).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress line, no epoch lines."),
 ) -> None:
     """Train the seed VAE (784-400-20) on MNIST."""
@@ -77,7 +96,15 @@ def train_command(
         from .model import VAEConfig
         from .training import TrainSettings, train
 
-    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device)
+    settings = TrainSettings(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        precision=precision,
+        binarize=binarize,
+    )
     train(
         settings,
         VAEConfig(hidden_dim=hidden_dim, latent_dim=latent_dim),
@@ -86,6 +113,72 @@ def train_command(
         cache_dir=default_cache_dir(os.environ.get("XDG_CACHE_HOME")),
         resume=resume,
         force=force,
+        log=None if quiet else print,
+        progress=Progress(enabled=not quiet),
+    )
+
+
+@eval_app.command(cls=VaeCommand)
+def eval_command(
+    model: Path = typer.Argument(..., help="model.pt from vae-train.", show_default=False),
+    samples: int = typer.Option(
+        5000,
+        "--samples",
+        "-k",
+        help="Importance samples per image (1..1,000,000; 5000 is the literature's figure).",
+    ),
+    count: int | None = typer.Option(
+        None,
+        "--count",
+        "-n",
+        help="Evaluate the first N test images only (a quick estimate) [default: all].",
+        show_default=False,
+    ),
+    seed: int = typer.Option(0, help="Seed of the z draws and of --binarize's binarisation."),
+    binarize: bool = typer.Option(
+        False,
+        "--binarize",
+        help="Targets binarised once, from the seed (statically binarised MNIST, as the "
+        "literature reports its bounds); default: the greyscale intensities.",
+    ),
+    device: str = typer.Option("auto", help="auto (cuda, then mps, then cpu), cpu, cuda[:N], mps."),
+    data_dir: Path | None = typer.Option(
+        None,
+        envvar=DATA_DIR_ENV,
+        help="Folder with MNIST IDX files, as for vae-train [default: the download cache].",
+        show_default=False,
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="The JSON to write [default: eval.json beside the model]; the chart goes beside it "
+        "(eval.json -> eval_kl.png).",
+        show_default=False,
+    ),
+    chart: bool = typer.Option(True, "--chart/--no-chart", help="Draw the per-dimension KL chart."),
+    tune: bool = typer.Option(
+        True,
+        "--tune-threads/--no-tune-threads",
+        envvar=TUNE_THREADS_ENV,
+        help="As for vae-train (README: Threads).",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress line, no table."),
+) -> None:
+    """Evaluate a model.pt: ELBO and IWAE bound on the test set, per-dimension KL, eval.json."""
+    tune_threads(tune)
+    with signals.deferred():
+        from .data import default_cache_dir
+        from .device import Progress
+        from .evaluate import EvalSettings, run_eval
+
+    run_eval(
+        model,
+        EvalSettings(samples=samples, count=count, seed=seed, device=device, binarize=binarize),
+        out=out,
+        chart=chart,
+        data_dir=data_dir,
+        cache_dir=default_cache_dir(os.environ.get("XDG_CACHE_HOME")),
         log=None if quiet else print,
         progress=Progress(enabled=not quiet),
     )

@@ -211,6 +211,21 @@ def _fetch_verified(url: str, outputs: Outputs, target: Path, md5: str, timeout:
         raise _DownloadFailed(f"bad gzip data: {exc}") from None
 
 
+def binarize(images: np.ndarray, seed: int) -> np.ndarray:
+    """One fixed, seeded binarisation (the literature's "statically binarised" test set): each
+    pixel becomes 255 with probability intensity / 255, else 0; uint8 like the input, same shape.
+    vae-eval --binarize, and vae-train --binarize for its test set, both use this."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xB1]))  # not the latents' stream
+    out = np.empty(images.shape, dtype=np.uint8)
+    rows = images.reshape(images.shape[0], -1)
+    flat = out.reshape(rows.shape)
+    for start in range(0, rows.shape[0], 4096):  # bounded memory for any N
+        chunk = rows[start : start + 4096]
+        u = rng.random(chunk.shape, dtype=np.float32)
+        flat[start : start + 4096] = np.where(u * 255.0 < chunk, 255, 0)
+    return out
+
+
 def _reason(reason: object) -> str:
     if isinstance(reason, TimeoutError) or "timed out" in str(reason):
         return "timed out"

@@ -1,4 +1,4 @@
-"""Where training runs: the device, subnormal flushing, and the progress line on a terminal.
+"""Where training runs: the device, its precision, subnormal flushing, and the progress line.
 
 Kept apart from the training loop (training.py), which only asks for a device, wraps its work in
 `flush_denormals()` and reports progress through `Progress`.
@@ -20,6 +20,7 @@ from vae_runtime.errors import InvalidArgumentError
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
 DEVICES = "auto, cpu, cuda, cuda:N, mps"
+PRECISIONS = ("fp32", "bf16")
 
 
 def check_device(name: str) -> str:
@@ -47,6 +48,44 @@ def select_device(name: str) -> torch.device:
     if name == "mps" and not has_mps:
         raise InvalidArgumentError("device 'mps' is not available here; use --device cpu or auto")
     return torch.device(name)
+
+
+def check_precision(name: str) -> str:
+    """The precision rule: one of PRECISIONS."""
+    if not isinstance(name, str) or name not in PRECISIONS:
+        raise InvalidArgumentError(
+            f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}"
+        )
+    return name
+
+
+def bf16_missing(device: torch.device) -> str:
+    """Why `device` cannot do bf16 matmuls fast ("" when it can). A CPU needs AVX512-BF16 or AMX
+    (without them oneDNN emulates bf16, slower than fp32); torch's own probes answer, the ones
+    its CPU dispatch uses (`torch.cpu._is_avx512_bf16_supported`, `_is_amx_tile_supported`:
+    cpuinfo's view of CPUID, not /proc/cpuinfo). A CUDA GPU needs native bf16 (compute
+    capability 8.0 and up)."""
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        if any(getattr(torch.cpu, name, lambda: False)() for name in probes):
+            return ""
+        return (
+            "this CPU has neither AVX512-BF16 nor AMX, so bf16 would be emulated, slower than fp32"
+        )
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return ""
+        return f"GPU {torch.cuda.get_device_name(device)} has no native bf16 arithmetic"
+    return (
+        f"bf16 training is not offered on {device.type} (only on CPUs with AVX512-BF16 or AMX, "
+        "and CUDA GPUs)"
+    )
+
+
+def require_precision(precision: str, device: torch.device) -> None:
+    """Refuse (InvalidArgumentError) a precision the device cannot run fast; fp32 runs anywhere."""
+    if check_precision(precision) == "bf16" and (reason := bf16_missing(device)):
+        raise InvalidArgumentError(f"--precision bf16 refused: {reason}; use --precision fp32")
 
 
 @contextmanager

@@ -7,10 +7,15 @@ written once, in model.py). Reproducibility comes from two explicit CPU generato
 order, reparameterisation noise) whose states travel in the checkpoint, so 2 epochs + resume for
 3 more is bit for bit 5 epochs straight.
 
+Precision: fp32 by default (bit-reproducible); `bf16` runs the matmuls under `torch.autocast` in
+bfloat16 while the weights, Adam's state, the loss and the checkpoint stay float32, and only where
+the device has bf16 arithmetic (`device.require_precision`).
+
 Nothing is lost: every output is checked before the data is read, and after each finished epoch
-model.pt, metrics.jsonl, samples.png and reconstructions.png are replaced together
-(`fileio.Outputs`). A run stopped before its first epoch ends writes nothing, so an existing
-model.pt survives even `--force` until the new run has an epoch to put in its place.
+model.pt, metrics.jsonl and the figures (samples.png, reconstructions.png, loss.png,
+progress.gif) are replaced together (`fileio.Outputs`). A run stopped before its first epoch
+ends writes nothing, so an existing model.pt survives even `--force` until the new run has an
+epoch to put in its place.
 """
 
 from __future__ import annotations
@@ -41,19 +46,38 @@ from vae_runtime.errors import (
     check_int,
 )
 from vae_runtime.fileio import Outputs
-from vae_runtime.images import png_bytes, tile
+from vae_runtime.images import png_bytes, tile, to_uint8
 from vae_runtime.sampling import MAX_SEED, sample_latents
 
+from . import figures
+from .adam import Adam
 from .checkpoint import MAX_EPOCH, Checkpoint, CheckpointError, checkpoint_bytes, load_checkpoint
-from .data import DEFAULT_MIRRORS, MnistImages, load_mnist, locate_mnist
-from .device import Progress, check_device, flush_denormals, select_device
+from .data import DEFAULT_MIRRORS, MnistImages, binarize, load_mnist, locate_mnist
+from .device import (
+    Progress,
+    check_device,
+    check_precision,
+    flush_denormals,
+    require_precision,
+    select_device,
+)
 from .model import VAE, VAEConfig, loss_terms
 
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.png"
 RECONSTRUCTIONS_FILE = "reconstructions.png"
-OUTPUT_FILES = (MODEL_FILE, METRICS_FILE, SAMPLES_FILE, RECONSTRUCTIONS_FILE)
+LOSS_FILE = "loss.png"
+PROGRESS_FILE = "progress.gif"
+OUTPUT_FILES = (
+    MODEL_FILE,
+    METRICS_FILE,
+    SAMPLES_FILE,
+    RECONSTRUCTIONS_FILE,
+    LOSS_FILE,
+    PROGRESS_FILE,
+)
+MAX_PROGRESS_FRAMES = 120  # progress.gif keeps this many epochs at most, thinned evenly
 MAX_BATCH_SIZE = 1 << 16  # images per step
 MAX_LR = 10.0  # Adam at lr 10 already diverges on this model; more is a typo
 EVAL_BATCH = 1000  # evaluation holds no graph, so bigger batches are cheaper per image
@@ -71,6 +95,8 @@ class TrainSettings:
     lr: float = 1e-3
     seed: int = 1
     device: str = "auto"
+    precision: str = "fp32"  # or "bf16": matmuls in bfloat16, everything else float32
+    binarize: bool = False  # each epoch's pixels drawn as Bernoulli(intensity)
 
     def __post_init__(self) -> None:
         # Stored as plain ints and floats whatever was given: the checkpoint keeps them, and a
@@ -81,7 +107,10 @@ class TrainSettings:
             "seed": check_int("seed", self.seed, 0, MAX_SEED - 1),  # seed + 1: the noise's
             "lr": check_float("lr", self.lr, 0.0, MAX_LR),
             "device": check_device(self.device),
+            "precision": check_precision(self.precision),
         }
+        if not isinstance(self.binarize, bool):
+            raise InvalidArgumentError(f"binarize must be True or False, got {self.binarize!r}")
         if values["lr"] == 0.0:
             raise InvalidArgumentError("lr must be > 0, got 0.0")
         for name, value in values.items():
@@ -125,6 +154,7 @@ def train(
             "with --force, or choose another --out"
         )
     device = select_device(settings.device)
+    require_precision(settings.precision, device)
     reads = [] if data is not None else locate_mnist(data_dir, cache_dir)
     if resume_path is not None and not resuming_it:
         reads.append(resume_path)
@@ -161,11 +191,19 @@ def _check_resumable(
             f"{path} holds a model with {ckpt.config.to_dict()}, but {config.to_dict()} was asked "
             "for; pass the same --hidden-dim/--latent-dim to resume"
         )
-    for name in ("batch_size", "lr", "seed"):
-        stored, given = ckpt.run.get(name), getattr(settings, name)
+    # Runs written before --precision and --binarize existed were fp32 and greyscale.
+    stored_run = {"precision": "fp32", "binarize": False, **ckpt.run}
+    for name in ("batch_size", "lr", "seed", "precision", "binarize"):
+        stored, given = stored_run.get(name), getattr(settings, name)
         if stored != given:
             flag = "--" + name.replace("_", "-")
-            shown = repr(stored)[:40]
+            if name == "binarize":
+                was, now = ("--binarize", "without") if stored else ("no --binarize", "with")
+                raise InvalidArgumentError(
+                    f"{path} was trained with {was}, got a resume {now} it; resume it as it "
+                    "was trained"
+                )
+            shown = repr(stored)[:40] if name != "precision" else str(stored)[:40]
             raise InvalidArgumentError(
                 f"{path} was trained with {flag} {shown}, got {given}; pass {flag} {shown} "
                 "to resume it"
@@ -193,16 +231,19 @@ class _Run:
         self.source = data.source
         # (N, 784) uint8 on the device: 47 MB for all of MNIST's training set.
         self.train_images = _as_rows(data.train, device)
-        self.test_images = _as_rows(data.test, device)
+        # --binarize: the test set is binarised once, from the seed (the same rule as vae-eval)
+        test = binarize(data.test, settings.seed) if settings.binarize else data.test
+        self.test_images = _as_rows(test, device)
         with torch.random.fork_rng(devices=[]):  # initial weights from the seed, globals untouched
             torch.manual_seed(settings.seed)
             self.model = VAE(config).to(device)
-        fused = device.type in ("cpu", "cuda")  # one kernel per step instead of ~10 per tensor
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr, fused=fused)
+        self.optimizer = Adam(self.model.parameters(), lr=settings.lr)
         self.shuffle_gen = torch.Generator().manual_seed(settings.seed)
         self.noise_gen = torch.Generator().manual_seed(settings.seed + 1)
         self.epoch = 0
         self.metrics: list[dict[str, Any]] = []
+        # progress.gif's frames: (epoch, uint8 (25, 28, 28) decoded latents), in the checkpoint
+        self.frames: list[tuple[int, torch.Tensor]] = []
         if previous is not None:
             self._restore(previous, previous_path or Path("checkpoint"))
         self.saved = self.epoch  # epochs model.pt holds (a resumed one: what it held)
@@ -210,7 +251,7 @@ class _Run:
     def _restore(self, ckpt: Checkpoint, path: Path) -> None:
         self.model.load_state_dict(ckpt.state_dict)
         try:
-            self.optimizer.load_state_dict(ckpt.optimizer)  # type: ignore[arg-type]
+            self.optimizer.load_state_dict(ckpt.optimizer)
             self.shuffle_gen.set_state(ckpt.rng["shuffle"])
             self.noise_gen.set_state(ckpt.rng["noise"])
             self._trial_step(ckpt)
@@ -218,24 +259,19 @@ class _Run:
             detail = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
             raise CheckpointError(f"{path}: resume state is damaged ({detail})") from None
         self.epoch, self.metrics = ckpt.epoch, list(ckpt.metrics)
+        if ckpt.progress:
+            epochs, images = ckpt.progress["epochs"], ckpt.progress["images"]
+            self.frames = [(int(e), images[i]) for i, e in enumerate(epochs.tolist())]
 
     def _trial_step(self, ckpt: Checkpoint) -> None:
         """One Adam step from the restored state on a copy of the model: whatever torch would
         choke on at the first real step (a missing moment, a bad lr, betas or eps, a shape)
         shows up here, as a damaged checkpoint, and the run itself is untouched."""
         model = copy.deepcopy(self.model)
-        fused = self.device.type in ("cpu", "cuda")
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.settings.lr, fused=fused)
-        # a copy: load_state_dict keeps the very tensors it is given, which the real optimizer
-        # shares, and this step changes them in place
-        optimizer.load_state_dict(copy.deepcopy(ckpt.optimizer))  # type: ignore[arg-type]
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                state = optimizer.state.get(p, {})
-                for key in ("exp_avg", "exp_avg_sq"):
-                    if key in state and state[key].shape != p.shape:
-                        raise ValueError(f"Adam's {key} has shape {list(state[key].shape)}")
-                p.grad = torch.zeros_like(p)
+        optimizer = Adam(model.parameters(), lr=self.settings.lr)
+        optimizer.load_state_dict(ckpt.optimizer)  # copies the moments: the run's stay as they are
+        for p in optimizer.params:
+            p.grad = torch.zeros_like(p)
         optimizer.step()
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise ValueError("a step from Adam's state gives non-finite weights")
@@ -252,22 +288,37 @@ class _Run:
                 "seed": self.settings.seed,
                 "device": str(self.device),
                 "data": self.source,
+                "precision": self.settings.precision,
+                "binarize": self.settings.binarize,
             },
             epoch=self.epoch,
             metrics=list(self.metrics),
             optimizer=_copy_to_cpu(self.optimizer.state_dict()),
             rng={"shuffle": self.shuffle_gen.get_state(), "noise": self.noise_gen.get_state()},
             versions={"torch": str(torch.__version__), PRODUCER: vae_runtime.__version__},
+            progress={
+                "epochs": torch.tensor([e for e, _ in self.frames], dtype=torch.int64),
+                "images": torch.stack([f for _, f in self.frames])
+                if self.frames
+                else torch.zeros((0, 25, 28, 28), dtype=torch.uint8),
+            },
         )
 
-    def _commit(self, outputs: Outputs, out: Path, ckpt: Checkpoint) -> None:
-        """Stage model.pt, metrics.jsonl and both figures, and replace the four together."""
-        samples, recon = self._figures()
+    def _commit(self, outputs: Outputs, out: Path, ckpt: Checkpoint, samples: bytes) -> None:
+        """Stage model.pt, metrics.jsonl and the four figures, and replace the six together."""
         outputs.write_bytes(
             out / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in ckpt.metrics).encode()
         )
         outputs.write_bytes(out / SAMPLES_FILE, samples)
-        outputs.write_bytes(out / RECONSTRUCTIONS_FILE, recon)
+        outputs.write_bytes(out / RECONSTRUCTIONS_FILE, self._reconstructions())
+        title = f"vae-train {self.config.hidden_dim}-{self.config.latent_dim}, {self.source}"
+        if self.settings.binarize:
+            title += ", binarised"
+        outputs.write_bytes(out / LOSS_FILE, figures.loss_png(ckpt.metrics, title))
+        frames = [
+            figures.progress_frame(f.numpy(), e, self.settings.epochs) for e, f in self.frames
+        ]
+        outputs.write_bytes(out / PROGRESS_FILE, figures.progress_gif(frames))
         outputs.write_bytes(out / MODEL_FILE, checkpoint_bytes(ckpt))
         with signals.deferred():  # what is on disk and what the interrupted line says agree
             outputs.commit()
@@ -303,8 +354,9 @@ class _Run:
                     "seconds": round(seconds, 4),
                 }
                 self.epoch, self.metrics = epoch, [*self.metrics, record]
+                samples = self._samples(epoch)
                 last = self._snapshot()
-                self._commit(outputs, model_path.parent, last)
+                self._commit(outputs, model_path.parent, last, samples)
                 if log is not None:
                     log(
                         f"epoch {epoch:>3}/{self.settings.epochs}  train "
@@ -339,11 +391,20 @@ class _Run:
         acc = torch.float32 if self.device.type == "mps" else torch.float64
         bce_sum = torch.zeros((), dtype=acc, device=self.device)
         kl_sum = torch.zeros((), dtype=acc, device=self.device)
+        bf16 = self.settings.precision == "bf16"
         for b, start in enumerate(range(0, n, bs)):
             x = shuffled[start : start + bs].float().div_(255.0)  # (B, 784) in [0, 1]
-            logits, mu, logvar = model(x, eps[start : start + bs])
+            if self.settings.binarize:  # dynamic binarisation, from the run's noise generator
+                u = torch.rand(x.shape, generator=self.noise_gen).to(self.device)
+                x = torch.lt(u, x).float()
+            if bf16:  # the matmuls in bfloat16; the loss and all it sums in float32
+                with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                    out = model(x, eps[start : start + bs])
+                logits, mu, logvar = (t.float() for t in out)
+            else:
+                logits, mu, logvar = model(x, eps[start : start + bs])
             bce, kl = loss_terms(logits, x, mu, logvar)  # summed over the batch, as the seed
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             (bce + kl).backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             bce_sum += bce.detach()
@@ -373,17 +434,29 @@ class _Run:
         return bce_sum / n, kl_sum / n
 
     @torch.inference_mode()
-    def _figures(self) -> tuple[bytes, bytes]:
+    def _samples(self, epoch: int) -> bytes:
         """samples.png: 25 latents from the runtime's sampler (same seed, same latents as
-        vae-generate), decoded; reconstructions.png: 8 test images above their reconstructions."""
+        vae-generate), decoded; the same 25 images become this epoch's progress.gif frame."""
         model = self.model.eval()
         z = torch.from_numpy(sample_latents(25, self.config.latent_dim, self.settings.seed))
         samples = model.decode(z.to(self.device)).cpu().numpy().reshape(25, 28, 28)
+        grid = tile(samples, 5, 5)
+        pixels = torch.from_numpy(to_uint8(samples).copy())  # (25, 28, 28)
+        self.frames.append((epoch, pixels))
+        if len(self.frames) > MAX_PROGRESS_FRAMES:  # every other older one goes; the last stays
+            self.frames = [*self.frames[:-1:2], self.frames[-1]]
+        return png_bytes(grid)
+
+    @torch.inference_mode()
+    def _reconstructions(self) -> bytes:
+        """reconstructions.png: 8 test images above their reconstructions from the posterior
+        mean (binarised test images with --binarize)."""
+        model = self.model.eval()
         x = self.test_images[:8].float().div_(255.0)  # (8, 784)
         mu, _ = model.encode(x)
         recon = model.decode(mu)  # the posterior mean's reconstruction, no sampling noise
         pair = torch.cat([x, recon]).cpu().numpy().reshape(-1, 28, 28)
-        return png_bytes(tile(samples, 5, 5)), png_bytes(tile(pair, 2, x.shape[0]))
+        return png_bytes(tile(pair, 2, x.shape[0]))
 
     def _nonfinite(self, value: float, where: str, epoch: int, path: Path) -> NumericalError:
         kept = f"{path} keeps epoch {self.saved}" if self.saved else "no file was changed"

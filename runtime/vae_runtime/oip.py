@@ -1,0 +1,505 @@
+"""The Open Inference Protocol (KServe "V2" REST) on the wire: inference requests in, responses
+out, JSON tensors and the binary tensor data extension, and the protocol's error form.
+
+Binary tensor data (Triton's extension, which tritonclient speaks): the body is a JSON header of
+`Inference-Header-Content-Length` bytes followed by the raw little-endian tensors of the inputs
+whose `parameters` carry `binary_data_size`, in the order they are listed. Outputs come back the
+same way when the request asks for them (`binary_data_output`, or `binary_data` per output).
+
+The wire format is pure (bytes and numpy arrays in, bytes out, a RequestError, a 4xx with a
+one-line message, for anything a client got wrong); the endpoints (`routes`) serve any `Model`s
+a `Service` holds. What the models are, and the app around them, is `serve.py`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .errors import EXIT_USAGE, InvalidArgumentError, VaeError, as_array
+
+HEADER_LENGTH = "inference-header-content-length"  # the binary extension's HTTP header
+BINARY_SIZE = "binary_data_size"
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # Content-Encoding -> zlib
+VERSION = "1"  # every model has this one version
+# V2 datatypes this server reads and writes, as numpy little-endian types.
+DTYPES: dict[str, np.dtype[Any]] = {
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "INT64": np.dtype("<i8"),
+}
+
+
+class RequestError(InvalidArgumentError):
+    """A request the protocol refuses: HTTP `status` (400 unless a subclass says otherwise)."""
+
+    status = 400
+
+
+class NotFoundError(RequestError):
+    """An unknown model, version or path."""
+
+    status = 404
+
+
+class TooLargeError(RequestError):
+    """A body past the size cap."""
+
+    status = 413
+
+
+class UnsupportedError(RequestError):
+    """A body in a Content-Encoding this server does not read."""
+
+    status = 415
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: name, V2 datatype, shape with -1 for the batch axis."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    optional: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "datatype": self.datatype}
+        out["shape"] = list(self.shape)
+        if self.optional:
+            out["optional"] = True
+        return out
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A parsed inference request: the id to echo, checked input arrays by name, and which
+    outputs to send (name -> binary or not)."""
+
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, bool]
+
+
+def error_body(message: str) -> bytes:
+    """The protocol's error form: {"error": "<one line>"}."""
+    return orjson.dumps({"error": " ".join(str(message).split())})
+
+
+_KINDS: dict[type, str] = {dict: "a JSON object", list: "a JSON array", str: "a string"}
+
+
+def _field(obj: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    value = obj.get(key)
+    if not isinstance(value, kind):
+        raise RequestError(f"{where}: '{key}' is missing or not {_KINDS[kind]}")
+    return value
+
+
+def _parameters(obj: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    params = obj.get("parameters", {})
+    if not isinstance(params, dict):
+        raise RequestError(f"{where}: 'parameters' must be a JSON object")
+    return params
+
+
+def _flag(params: Mapping[str, Any], key: str, where: str) -> bool:
+    value = params.get(key, False)
+    if not isinstance(value, bool):
+        raise RequestError(f"{where}: parameter '{key}' must be true or false, got {value!r}")
+    return value
+
+
+def _shape(raw: Any, spec: TensorSpec, max_batch: int, model: str) -> tuple[int, ...]:
+    where = f"input '{spec.name}'"
+    ok = isinstance(raw, list) and all(type(d) is int and d >= 0 for d in raw)
+    if not ok:
+        raise RequestError(f"{where}: 'shape' must be a list of non-negative integers")
+    shape = tuple(raw)
+    fits = len(shape) == len(spec.shape) and all(
+        w in (-1, d) for w, d in zip(spec.shape, shape, strict=True)
+    )
+    if not fits:
+        raise RequestError(
+            f"{where} of model '{model}' has shape {list(shape)}, expected {list(spec.shape)} "
+            "(-1: any batch size)"
+        )
+    if spec.shape and spec.shape[0] == -1 and not 1 <= shape[0] <= max_batch:
+        raise RequestError(
+            f"{where}: a batch of {shape[0]:,}, this server takes 1..{max_batch:,} per request "
+            "(--max-batch)"
+        )
+    return shape
+
+
+def _from_json(data: Any, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
+    """JSON `data` (flat row-major, or nested) as an array of the spec's type and `shape`."""
+    where = f"input '{spec.name}'"
+    array = as_array(f"{where} data", data)
+    kind = array.dtype.kind
+    if spec.datatype == "INT64":
+        if kind not in "iu":
+            raise RequestError(f"{where} ({spec.datatype}) must hold integers, got {data!r:.80}")
+        if array.size and array.max() > np.iinfo(np.int64).max:
+            raise RequestError(f"{where} holds integers beyond INT64's range")
+    elif kind not in "fiu":
+        raise RequestError(f"{where} ({spec.datatype}) must hold numbers")
+    if array.size != math.prod(shape):
+        raise RequestError(
+            f"{where}: 'data' holds {array.size:,} values, shape {list(shape)} needs "
+            f"{math.prod(shape):,}"
+        )
+    with np.errstate(over="ignore", invalid="ignore"):  # past float32: inf, refused by the model
+        return array.astype(DTYPES[spec.datatype]).reshape(shape)
+
+
+def parse_infer(
+    body: bytes,
+    header_length: str | None,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    *,
+    model: str,
+    max_batch: int,
+) -> InferRequest:
+    """Check an inference request's body against a model's inputs and outputs. `header_length`
+    is the Inference-Header-Content-Length header (None when the body is all JSON)."""
+    if header_length is None:
+        size = len(body)
+    else:
+        text = header_length.strip()
+        size = int(text) if text.isdigit() else -1
+        if not 0 < size <= len(body):
+            raise RequestError(
+                f"Inference-Header-Content-Length is {header_length!r}, expected the JSON "
+                f"header's size in bytes (1..{len(body):,}, the body's size)"
+            )
+    try:
+        request = orjson.loads(body[:size])
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"the request is not valid JSON ({exc})") from None
+    if not isinstance(request, dict):
+        raise RequestError("the request must be a JSON object with 'inputs'")
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise RequestError("'id' must be a string")
+    binary = memoryview(body)[size:]
+    specs = {spec.name: spec for spec in inputs}
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for raw in _field(request, "inputs", list, "the request"):
+        if not isinstance(raw, dict):
+            raise RequestError("each of 'inputs' must be a JSON object")
+        name = _field(raw, "name", str, "an input")
+        spec = specs.get(name)
+        if spec is None:
+            raise RequestError(
+                f"model '{model}' has no input {name!r} (inputs: {', '.join(specs)})"
+            )
+        if name in arrays:
+            raise RequestError(f"input '{name}' is given twice")
+        datatype = _field(raw, "datatype", str, f"input '{name}'")
+        if datatype != spec.datatype:
+            raise RequestError(f"input '{name}' must be {spec.datatype}, got {datatype!r:.20}")
+        shape = _shape(raw.get("shape"), spec, max_batch, model)
+        params = _parameters(raw, f"input '{name}'")
+        if BINARY_SIZE in params:
+            nbytes = params[BINARY_SIZE]
+            want = math.prod(shape) * DTYPES[datatype].itemsize
+            if type(nbytes) is not int or nbytes != want:
+                raise RequestError(
+                    f"input '{name}': {BINARY_SIZE} is {nbytes!r}, shape {list(shape)} of "
+                    f"{datatype} needs {want:,} bytes"
+                )
+            if offset + nbytes > len(binary):
+                raise RequestError(
+                    f"input '{name}': the binary data is truncated ({nbytes:,} bytes declared, "
+                    f"{len(binary) - offset:,} left in the body)"
+                )
+            chunk = binary[offset : offset + nbytes]
+            arrays[name] = np.frombuffer(chunk, DTYPES[datatype]).reshape(shape)
+            offset += nbytes
+        elif "data" in raw:
+            arrays[name] = _from_json(raw["data"], spec, shape)
+        else:
+            raise RequestError(f"input '{name}' has neither 'data' nor a {BINARY_SIZE} parameter")
+    if offset != len(binary):
+        raise RequestError(
+            f"{len(binary) - offset:,} bytes follow the JSON header that no input declares"
+        )
+    missing = [s.name for s in inputs if s.name not in arrays and not s.optional]
+    if missing:
+        raise RequestError(f"model '{model}' needs input(s) {', '.join(missing)}")
+    return InferRequest(request_id, arrays, _outputs(request, outputs, model))
+
+
+def _outputs(
+    request: Mapping[str, Any], outputs: Sequence[TensorSpec], model: str
+) -> dict[str, bool]:
+    """Output name -> sent as binary, in the order asked for (all outputs when none are)."""
+    default = _flag(_parameters(request, "the request"), "binary_data_output", "the request")
+    asked = request.get("outputs")
+    if asked is None:
+        return {spec.name: default for spec in outputs}
+    if not isinstance(asked, list):
+        raise RequestError("'outputs' must be a JSON array")
+    names = {spec.name for spec in outputs}
+    chosen: dict[str, bool] = {}
+    for raw in asked:
+        if not isinstance(raw, dict):
+            raise RequestError("each of 'outputs' must be a JSON object")
+        name = _field(raw, "name", str, "an output")
+        if name not in names:
+            raise RequestError(
+                f"model '{model}' has no output {name!r} (outputs: {', '.join(sorted(names))})"
+            )
+        params = _parameters(raw, f"output '{name}'")
+        chosen[name] = _flag(params, "binary_data", f"output '{name}'") or (
+            "binary_data" not in params and default
+        )
+    return chosen
+
+
+def encode_response(
+    model: str, request_id: str | None, outputs: Sequence[tuple[TensorSpec, np.ndarray, bool]]
+) -> tuple[bytes, int | None]:
+    """The response body and, when any output is binary, the JSON header's length (for the
+    Inference-Header-Content-Length header). Each item: (spec, array, as binary)."""
+    entries: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for spec, array, binary in outputs:
+        array = np.ascontiguousarray(array, dtype=DTYPES[spec.datatype])
+        entry: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype}
+        entry["shape"] = list(array.shape)
+        if binary:
+            blobs.append(array.tobytes())
+            entry["parameters"] = {BINARY_SIZE: array.nbytes}
+        else:
+            entry["data"] = array.reshape(-1)  # orjson writes float32 in its shortest exact form
+        entries.append(entry)
+    head: dict[str, Any] = {"model_name": model, "model_version": VERSION}
+    if request_id is not None:
+        head["id"] = request_id
+    head["outputs"] = entries
+    header = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)
+
+
+@dataclass(frozen=True)
+class Model:
+    """One served model: its tensors, metadata, the function that runs it, and how many rows
+    a request asks of it (`rows`; default: the first input's batch axis)."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    parameters: dict[str, Any]
+    run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+    platform: str = "onnxruntime_onnx"
+    rows: Callable[[dict[str, np.ndarray]], int] | None = None
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": [VERSION],
+            "platform": self.platform,
+            "inputs": [s.to_json() for s in self.inputs],
+            "outputs": [s.to_json() for s in self.outputs],
+            "parameters": self.parameters,
+        }
+
+
+@dataclass(frozen=True)
+class Service:
+    """What the V2 endpoints serve, kept at `app.state.oip` by the app's lifespan: the models
+    by name, the caps, and `observe(model, status, seconds, images)` called per inference."""
+
+    models: dict[str, Model]
+    max_batch: int
+    max_body_bytes: int
+    observe: Callable[[str, int, float, int], None]
+
+
+class NotReadyError(RequestError):
+    """The app's lifespan has not loaded the models (yet, or any more)."""
+
+    status = 503
+
+
+NOT_LOADED = (
+    "not ready: the models are not loaded (the app's lifespan has not run; an ASGI server must "
+    "run it, with lifespan events on)"
+)
+INLINE_ROWS = 64  # batches up to this run on the event loop; larger ones in a worker thread
+
+
+def json_response(content: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status, media_type="application/json")
+
+
+def error_response(exc: VaeError | str, status: int | None = None) -> Response:
+    """The protocol's error form for `exc`: 4xx for the client's mistakes, 500 for ours."""
+    if status is None:
+        assert isinstance(exc, VaeError)
+        status = exc.status if isinstance(exc, RequestError) else 500
+        status = 400 if status == 500 and exc.exit_code == EXIT_USAGE else status
+    return Response(error_body(str(exc)), status, media_type="application/json")
+
+
+def answers(
+    handler: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint that answers a VaeError in the protocol's error form, one line."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except VaeError as exc:
+            return error_response(exc)
+
+    return endpoint
+
+
+def _service(request: Request) -> Service:
+    service: Service | None = getattr(request.app.state, "oip", None)
+    if service is None:
+        raise NotReadyError(NOT_LOADED)
+    return service
+
+
+def _model(request: Request) -> Model:
+    models = _service(request).models
+    name = request.path_params["name"]
+    if name not in models:
+        raise NotFoundError(f"unknown model {name!r}; this server has {', '.join(models)}")
+    version = request.path_params.get("version", VERSION)
+    if version != VERSION:
+        raise NotFoundError(f"model {name!r} has no version {version!r} (versions: {VERSION})")
+    return models[name]
+
+
+async def read_body(request: Request, cap: int) -> bytes:
+    """The body, refused with 413 past `cap` bytes before more than `cap` is read, and
+    inflated if it came compressed (tritonclient's request_compression_algorithm)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise TooLargeError(f"the body is {int(declared):,} bytes, above the cap of {cap:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise TooLargeError(f"the body is above the cap of {cap:,} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    return body if encoding in ("", "identity") else _inflate(body, encoding, cap)
+
+
+def _inflate(body: bytes, encoding: str, cap: int) -> bytes:
+    """A gzip or deflate (zlib) body, inflated to at most `cap` bytes: a small body that would
+    inflate past the cap (a compression bomb) is refused without inflating the rest."""
+    wbits = _WBITS.get(encoding)
+    if wbits is None:
+        raise UnsupportedError(f"Content-Encoding {encoding!r:.40}: send gzip, deflate or none")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        data = inflater.decompress(body, cap + 1)
+    except zlib.error as exc:
+        raise RequestError(f"the {encoding} body cannot be inflated ({exc})") from None
+    if len(data) > cap:
+        raise TooLargeError(f"the {encoding} body inflates past the cap of {cap:,} bytes")
+    if not inflater.eof:
+        raise RequestError(f"the {encoding} body is truncated")
+    return data
+
+
+async def _infer(request: Request) -> Response:
+    start = time.perf_counter()
+    service = _service(request)
+    name, code, images = request.path_params["name"], 500, 0
+    try:
+        model = _model(request)
+        body = await read_body(request, service.max_body_bytes)
+        header = request.headers.get(HEADER_LENGTH)
+        parsed = parse_infer(
+            body, header, model.inputs, model.outputs, model=name, max_batch=service.max_batch
+        )
+        rows = model.rows(parsed.inputs) if model.rows else len(next(iter(parsed.inputs.values())))
+        if rows <= INLINE_ROWS:  # less work than a hop to a worker thread and back
+            results = model.run(parsed.inputs)
+        else:  # enough to hold up every other request on the event loop
+            results = await run_in_threadpool(model.run, parsed.inputs)
+        specs = {s.name: s for s in model.outputs}
+        sent = [(specs[n], results[n], binary) for n, binary in parsed.outputs.items()]
+        images = len(next(iter(results.values())))
+        content, length = encode_response(name, parsed.id, sent)
+        code = 200
+        if length is None:
+            return Response(content, media_type="application/json")
+        return Response(
+            content,
+            media_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": str(length)},
+        )
+    except VaeError as exc:
+        response = error_response(exc)
+        code = response.status_code
+        return response
+    finally:
+        service.observe(name, code, time.perf_counter() - start, images)
+
+
+async def _live(request: Request) -> Response:
+    return json_response({"live": True})  # the process answers; loaded or not is /ready's
+
+
+async def _ready(request: Request) -> Response:
+    _service(request)
+    return json_response({"ready": True})
+
+
+async def _model_metadata(request: Request) -> Response:
+    return json_response(_model(request).metadata())
+
+
+async def _model_ready(request: Request) -> Response:
+    return json_response({"name": _model(request).name, "ready": True})
+
+
+async def _repository_index(request: Request) -> Response:
+    names = _service(request).models
+    return json_response([{"name": n, "version": VERSION, "state": "READY"} for n in names])
+
+
+def routes(server: str, version: str) -> list[Route]:
+    """The V2 REST endpoints (health, server and model metadata, readiness, inference, and
+    Triton's repository index), inference first: the router tries them in order."""
+
+    async def server_metadata(request: Request) -> Response:
+        extensions = ["binary_tensor_data"]
+        return json_response({"name": server, "version": version, "extensions": extensions})
+
+    model = "/v2/models/{name}"
+    versioned = model + "/versions/{version}"
+    return [
+        *(Route(p + "/infer", answers(_infer), methods=["POST"]) for p in (model, versioned)),
+        Route("/v2/health/live", _live),
+        Route("/v2/health/ready", answers(_ready)),
+        Route("/v2", server_metadata),
+        Route("/v2/repository/index", answers(_repository_index), methods=["POST"]),
+        *(Route(p, answers(_model_metadata)) for p in (model, versioned)),
+        *(Route(p + "/ready", answers(_model_ready)) for p in (model, versioned)),
+    ]
