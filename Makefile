@@ -14,7 +14,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[train,serve,dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[train,serve,ray,dev]'
 	touch $@
 
 install: $(VENV)/.installed

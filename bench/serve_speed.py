@@ -20,6 +20,11 @@ Measured, each cell bounded by --requests and --seconds after a warm-up:
   a soak (--soak-seconds, concurrency 32) mixing good and bad requests: zero failed good
   requests, every bad one a 4xx, vae-serve's memory growth under 10%.
 
+With --cluster, instead: vae-serve with 1 and 2 uvicorn workers against Ray Serve with 1 and 2
+replicas (`vae_runtime.cluster`, a local Ray instance of 2 CPUs, Ray Serve's defaults otherwise)
+on the same cores: requests/s and p50/p99 for V2 binary batch 25 and /samples.png 5x5 at each
+concurrency, and Ray's ratio to vae-serve (needs the ray extra).
+
 The load comes from this process: asyncio, one keep-alive connection per concurrent client,
 requests prepared in advance, on the same cores as the servers (a client costs CPU too: the
 absolute figures are a floor, the ratios are what compare). A measurement, not a test.
@@ -365,6 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--reference-threads", type=int, default=0, help="torch threads (default: torch's)"
     )
+    parser.add_argument(
+        "--cluster", action="store_true", help="vae-serve workers against Ray Serve replicas"
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -373,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vae_runtime.session import Decoder
 
         latent = Decoder.load(onnx_dir / "decoder.onnx").latent_dim
+        if args.cluster:
+            return cluster_comparison(args, onnx_dir, latent)
         ours = subprocess.Popen(
             [
                 *(str(BIN / "vae-serve"), "--onnx-dir", str(onnx_dir), "--port", "0"),
@@ -494,6 +504,86 @@ def run(
         )
     print(f"\nall targets met: {ok}")
     return 0 if ok else 1
+
+
+def _best(port: int, requests: Sequence[Req], concurrency: int, args: argparse.Namespace) -> Cell:
+    """A warm-up, then the best of --rounds runs (bounded by --seconds and --requests each)."""
+    asyncio.run(_load(port, requests, concurrency, min(args.seconds, 1.0), 200))
+    cells = [
+        asyncio.run(_load(port, requests, concurrency, args.seconds, args.requests))
+        for _ in range(args.rounds)
+    ]
+    return max(cells, key=lambda cell: cell.rps)
+
+
+def cluster_comparison(args: argparse.Namespace, onnx_dir: Path, latent: int) -> int:
+    """vae-serve with 1 and 2 uvicorn workers, then Ray Serve with 1 and 2 replicas."""
+    scenarios = {"binary b25": v2_requests(latent, 25, True), "/samples.png 5x5": png_requests()}
+    results: dict[str, dict[str, dict[int, Cell]]] = {}
+    failed = 0
+    for workers in (1, 2):
+        command = [BIN / "vae-serve", "--onnx-dir", onnx_dir, "--port", "0", "--workers", workers]
+        process = subprocess.Popen(
+            [*map(str, command), "--log-level", "warning"], stdout=subprocess.PIPE
+        )
+        assert process.stdout is not None
+        port = int(process.stdout.readline().decode().split("127.0.0.1:")[1].split()[0])
+        time.sleep(1.0 * workers)  # the workers load the graphs after the socket is bound
+        name = f"vae-serve {workers} worker{'s' if workers > 1 else ''}"
+        results[name] = {
+            s: {c: _best(port, r, c, args) for c in CONCURRENCY} for s, r in scenarios.items()
+        }
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    import ray
+    from ray import serve
+
+    from vae_runtime import cluster
+    from vae_runtime.serve import ServeConfig
+
+    started = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    print(f"Ray started in {time.perf_counter() - started:.1f} s")
+    bundle = cluster.Bundle.read(ServeConfig(onnx_dir=onnx_dir))
+    try:
+        for replicas in (1, 2):
+            started = time.perf_counter()
+            app = cluster.application(bundle, cluster.Replicas(num_replicas=replicas))
+            serve.run(app, name=cluster.APP_NAME, route_prefix="/")
+            print(f"{replicas} replica(s) deployed in {time.perf_counter() - started:.1f} s")
+            name = f"Ray Serve {replicas} replica{'s' if replicas > 1 else ''}"
+            results[name] = {
+                s: {c: _best(port, r, c, args) for c in CONCURRENCY} for s, r in scenarios.items()
+            }
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    for by_scenario in results.values():
+        failed += sum(cell.failed_good for cells in by_scenario.values() for cell in cells.values())
+    header = " | ".join(f"c={c}: req/s p50 ms p99 ms" for c in CONCURRENCY)
+    for scenario in scenarios:
+        print(f"\n{scenario:<22} | {header}")
+        for name, by_scenario in results.items():
+            cells = by_scenario[scenario]
+            parts = [
+                f"{cells[c].rps:6.0f} {cells[c].ms(0.5):6.2f} {cells[c].ms(0.99):6.1f}"
+                for c in CONCURRENCY
+            ]
+            print(f"{name:<22} | " + " | ".join(parts))
+    print("\nRay Serve / vae-serve, requests/s (same number of replicas / workers):")
+    for n, suffix in ((1, ""), (2, "s")):
+        ray_cells = results[f"Ray Serve {n} replica{suffix}"]
+        ours = results[f"vae-serve {n} worker{suffix}"]
+        for scenario in scenarios:
+            text = "  ".join(
+                f"c={c} {ray_cells[scenario][c].rps / ours[scenario][c].rps:4.2f}x"
+                for c in CONCURRENCY
+            )
+            print(f"  {n} x, {scenario:<18} {text}")
+    print(f"failed good requests: {failed}")
+    return 0 if failed == 0 else 1
 
 
 if __name__ == "__main__":

@@ -46,6 +46,13 @@ def export(
         help="MNIST IDX folder: its test images check the encoder  [without one: the model's "
         "own decoded samples]",
     ),
+    triton_repo: Path | None = typer.Option(
+        None,
+        "--triton-repo",
+        help="also write a Triton model repository there: <name>/config.pbtxt and "
+        "<name>/1/model.onnx for each graph (made if missing; written with the other files)",
+        show_default=False,
+    ),
 ) -> None:
     """Export MODEL.PT to ONNX and verify it against PyTorch before keeping anything."""
     with signals.deferred():  # torch loads only now; its native start-up is not to be cut
@@ -58,5 +65,6 @@ def export(
         precision=precision,
         force=force,
         data_dir=data_dir,
+        triton_repo=triton_repo,
         log=None if quiet else print,
     )

@@ -32,7 +32,7 @@ from vae_train.checkpoint import Checkpoint, load_checkpoint
 from vae_train.data import TEST_IMAGES, TRAIN_IMAGES, find_images
 from vae_train.model import VAE
 
-from . import DEFAULT_OPSET, MIN_OPSET
+from . import DEFAULT_OPSET, MIN_OPSET, triton
 from .graphs import PRODUCER_VERSION, TRACE_BATCH, graph_bytes
 from .precision import GATE_IMAGES, INT8_METHOD, check_precisions, gate, lower, measure
 from .verify import BATCH_SIZES, Reference, Report, VerificationError, verify_graphs
@@ -67,6 +67,7 @@ def export_checkpoint(
     precision: str | Sequence[str] = "fp32",
     force: bool = False,
     data_dir: Path | str | None = None,
+    triton_repo: Path | str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export `checkpoint` (a model.pt) to encoder.onnx, decoder.onnx and manifest.json in
@@ -76,11 +77,13 @@ def export_checkpoint(
     `precision`: the graphs to write, a subset of contract.PRECISIONS ("fp32,int8" or a
     sequence); int8 and fp16 graphs (encoder.int8.onnx, ...) are made from the verified fp32
     ones and must pass the quality gate against them (precision.LIMITS), which is measured on
-    the staged files. Real images for the checks come from MNIST's test images in `data_dir`
-    when given (all of them for the gate), else from the model's own decoded samples. Nothing
-    in `out_dir` changes unless every check passes; existing files are replaced only with
-    `force`. Raises a VaeError subclass: CheckpointError, OutputError, OutputRefusedError,
-    DataError, InvalidArgumentError, ExportError, VerificationError or QualityError.
+    the staged files. `triton_repo`: also a Triton model repository of every graph written
+    (vae_export.triton), one set with the other files. Real images for the checks come from
+    MNIST's test images in `data_dir` when given (all of them for the gate), else from the
+    model's own decoded samples. Nothing in `out_dir` changes unless every check passes;
+    existing files are replaced only with `force`. Raises a VaeError subclass: CheckpointError,
+    OutputError, OutputRefusedError, DataError, InvalidArgumentError, ExportError,
+    VerificationError or QualityError.
     """
     say = log or (lambda _line: None)
     check_int("opset", opset, MIN_OPSET, onnx.defs.onnx_opset_version())
@@ -89,7 +92,8 @@ def export_checkpoint(
     out = Path(out_dir) if out_dir is not None else path.parent
     images_file = _images_file(data_dir) if data_dir is not None else None
     files = {(role, p): out / C.graph_file(role, p) for p in precisions for role in C.ROLES}
-    targets = [*files.values(), out / C.MANIFEST_FILE]  # the manifest is renamed last
+    repo = triton.targets(Path(triton_repo), files) if triton_repo is not None else []
+    targets = [*files.values(), *repo, out / C.MANIFEST_FILE]  # the manifest is renamed last
     reads = [path] if images_file is None else [path, images_file]
     with Outputs(targets, reads=reads, force=force, create_dirs=True) as outputs:
         ckpt = load_checkpoint(path)
@@ -155,6 +159,9 @@ def export_checkpoint(
                     blob, role, p, quality.for_role(role)
                 )
         gate(qualities, out)
+        if triton_repo is not None:  # the bytes of each graph as staged above
+            staged_graphs = {key: outputs.staged_path(t).read_bytes() for key, t in files.items()}
+            triton.stage(outputs, Path(triton_repo), staged_graphs, model.config.latent_dim)
         manifest = _manifest(ckpt, source, training, entries, opset, seconds, report)
         outputs.write_bytes(out / C.MANIFEST_FILE, manifest.to_bytes())
         for (role, _), target in files.items():  # the set as users will load it: through

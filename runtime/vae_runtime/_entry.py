@@ -121,7 +121,7 @@ def vae_serve() -> None:  # pragma: no cover  (console scripts)
     """`vae-serve`: needs the serve extra."""
     requires = ("starlette", "uvicorn", "orjson", "prometheus_client")
     hint = "install the serve extra: pip install 'mnist-vae[serve]'"
-    run("vae-serve", "vae_runtime.serve:serve_app", requires, hint)
+    run("vae-serve", "vae_runtime.serve_cli:serve_app", requires, hint)
 
 
 def vae_web() -> None:  # pragma: no cover  (console scripts)

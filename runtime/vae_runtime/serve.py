@@ -9,6 +9,7 @@ registry, and drops both at shutdown. Nothing lives in module globals; the confi
 Models: every graph of the export folder's manifest, the chosen precision's pair as `decoder` and
 `encoder`, the others as `decoder_int8`, `encoder_fp16`, ...; and `sampler` (seed, count,
 temperature in, the images `vae-generate` draws out). `/samples.png` is `vae-generate`'s grid.
+The command line is `serve_cli.py`; the Ray Serve deployment of this app is `cluster.py`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import typer
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -44,7 +44,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import __version__, oip, signals
-from ._cli import VaeCommand, make_app
 from .contract import (
     DECODER_INPUT,
     DECODER_OUTPUT,
@@ -547,79 +546,3 @@ def _run_uvicorn(  # pragma: no cover
     signals.ignore_from_now()
     how = f" by {signal.Signals(stops[0]).name}" if stops else ""
     return f"stopped{how}; the requests in flight were answered"
-
-
-_HELP = (
-    "Serve the exported graphs over HTTP with the Open Inference Protocol (KServe V2 REST, JSON "
-    "and binary tensors): models decoder, encoder, sampler and the graphs of other precisions "
-    "(decoder_int8, ...), plus /samples.png (vae-generate's grid) and Prometheus /metrics. "
-    "Binds 127.0.0.1 unless --host says otherwise; stops on SIGTERM or Ctrl-C after answering "
-    "the requests in flight."
-)
-
-serve_app = make_app(_HELP)
-
-
-@serve_app.command(cls=VaeCommand, help=_HELP)
-def serve_command(
-    onnx_dir: Path | None = typer.Option(
-        None,
-        "--onnx-dir",
-        help="The folder vae-export wrote: every graph its manifest.json lists is served.",
-        show_default=False,
-    ),
-    decoder: Path | None = typer.Option(
-        None, "--decoder", "--onnx", help="Or a decoder.onnx on its own.", show_default=False
-    ),
-    encoder: Path | None = typer.Option(
-        None, "--encoder", help="With --decoder: an encoder.onnx too.", show_default=False
-    ),
-    precision: str = typer.Option(
-        "fp32",
-        "--precision",
-        metavar="fp32|int8|fp16",
-        help="Which graphs of --onnx-dir are served as decoder/encoder (and draw the sampler's "
-        "and /samples.png's images); the others as decoder_<precision>, encoder_<precision>.",
-    ),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0: all)."),
-    port: int = typer.Option(8000, "--port", help="Port to bind (0: any free port)."),
-    workers: int = typer.Option(1, "--workers", help="uvicorn worker processes."),
-    threads: int = typer.Option(
-        1,
-        "--threads",
-        help="onnxruntime threads per graph run. One: concurrent requests already keep the "
-        "cores busy (and --workers adds processes); more only speeds up lone large batches.",
-    ),
-    provider: list[str] = typer.Option(
-        [], "--provider", help="onnxruntime execution provider (repeat).", show_default=False
-    ),
-    max_batch: int = typer.Option(1024, "--max-batch", help="Rows per inference request."),
-    max_body_mb: int = typer.Option(16, "--max-body-mb", help="Request body cap, MiB."),
-    max_grid: int = typer.Option(1024, "--max-grid", help="Images in one /samples.png."),
-    cors_origin: list[str] = typer.Option(
-        [],
-        "--cors-origin",
-        help="Let browser pages of this origin call the service (repeat; default: CORS off).",
-        show_default=False,
-    ),
-    drain_seconds: int = typer.Option(
-        30, "--drain-seconds", help="At a stop, wait this long for requests in flight."
-    ),
-    log_level: str = typer.Option("info", "--log-level", help="uvicorn's log level."),
-    access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
-) -> None:
-    """Serve the graphs over HTTP (Open Inference Protocol)."""
-    config = ServeConfig(
-        onnx_dir=onnx_dir,
-        decoder=decoder,
-        encoder=encoder,
-        precision=precision,
-        threads=threads,
-        providers=tuple(provider),
-        max_batch=max_batch,
-        max_body_bytes=check_int("max body MiB", max_body_mb, 1, 2047) << 20,
-        max_grid=max_grid,
-        cors_origins=tuple(cors_origin),
-    )
-    listen = Listen(host, port, workers, log_level, access_log, drain_seconds)
-    print(serve(config, listen, lambda line: print(line, flush=True)))

@@ -69,7 +69,7 @@ def test_no_runtime_module_imports_torch_or_the_other_packages() -> None:
     for module in vae_runtime._EXPORTS.values():
         assert (PACKAGE / f"{module}.py").is_file(), module
     names = re.findall(r'run\("[\w-]+", "([\w.]+):\w+"', (PACKAGE / "_entry.py").read_text())
-    assert names == [*["vae_runtime.cli"] * 3, "vae_runtime.serve", "vae_runtime.web"]
+    assert names == [*["vae_runtime.cli"] * 3, "vae_runtime.serve_cli", "vae_runtime.web"]
     for name in names:
         assert (PACKAGE / f"{name.removeprefix('vae_runtime.')}.py").is_file(), name
 

@@ -21,7 +21,7 @@ from runtime_graphs import build_decoder, build_encoder
 from serve_support import LATENT, Running, infer_json, request, thread_server, z_input
 from typer.testing import CliRunner
 
-from vae_runtime import oip, serve
+from vae_runtime import oip, serve, serve_cli
 from vae_runtime.errors import InvalidArgumentError, ModelFileError, VaeError
 from vae_runtime.oip import TensorSpec, encode_response, parse_infer
 from vae_runtime.sampling import sample_latents
@@ -230,7 +230,7 @@ def test_cli_up_to_uvicorn(export_dir: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(serve, "_run_uvicorn", fake_uvicorn)
     args = ["--onnx-dir", str(export_dir), "--port", "0", "--max-body-mb", "2"]
     args += ["--cors-origin", "http://a", "--provider", "CPUExecutionProvider", "--workers", "2"]
-    result = CliRunner().invoke(serve.serve_app, args)
+    result = CliRunner().invoke(serve_cli.serve_app, args)
     assert result.exit_code == 0, result.output
     assert "serving decoder, decoder_int8, encoder, sampler at http://127.0.0.1:" in result.stdout
     assert result.stdout.endswith("stopped by SIGTERM\n")
@@ -253,7 +253,7 @@ def test_cli_up_to_uvicorn(export_dir: Path, monkeypatch: pytest.MonkeyPatch) ->
     ],
 )
 def test_cli_refusals(export_dir: Path, args: list[str], code: int, words: str) -> None:
-    result = CliRunner().invoke(serve.serve_app, [a.format(dir=export_dir) for a in args])
+    result = CliRunner().invoke(serve_cli.serve_app, [a.format(dir=export_dir) for a in args])
     expect_error(result, code, words)
 
 
@@ -262,14 +262,14 @@ def test_cli_port_in_use_and_privileged(export_dir: Path, monkeypatch: pytest.Mo
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
-        result = CliRunner().invoke(serve.serve_app, [*args, str(sock.getsockname()[1])])
+        result = CliRunner().invoke(serve_cli.serve_app, [*args, str(sock.getsockname()[1])])
         expect_error(result, 1, "Address already in use; stop what uses it")
 
     def refuse(self: socket.socket, address: Any) -> None:
         raise PermissionError(errno.EACCES, "Permission denied")
 
     monkeypatch.setattr(socket.socket, "bind", refuse)  # as for anyone but root on port 80
-    result = CliRunner().invoke(serve.serve_app, [*args, "80"])
+    result = CliRunner().invoke(serve_cli.serve_app, [*args, "80"])
     expect_error(result, 1, "Permission denied; ports below 1024 need privileges")
 
 
