@@ -96,7 +96,7 @@ from vae_runtime.session import Decoder, Encoder, cpu_count, reconstruct, sessio
 from vae_train import cli as train_cli
 from vae_train.checkpoint import MAX_EPOCH, Checkpoint, load_checkpoint
 from vae_train.model import VAEConfig
-from vae_train.training import TrainSettings, train
+from vae_train.training import OUTPUT_FILES, TrainSettings, train
 
 # -- settings: bounded, reproducible, nothing written into the checkout ---------------------------
 
@@ -957,14 +957,7 @@ TRAIN_BASE: dict[str, SearchStrategy[str | None]] = {
     "--data-dir": st.just("data"),
     "--quiet": FLAG,
 }
-TRAIN_OUTPUTS = (
-    "model.pt",
-    "metrics.jsonl",
-    "samples.png",
-    "reconstructions.png",
-    "loss.png",
-    "progress.gif",
-)
+TRAIN_OUTPUTS = OUTPUT_FILES  # model.pt, metrics.jsonl, samples.png, ... as vae-train writes
 
 
 def _train_effects(root: Path, work: Path, given: dict[str, str | None]) -> Effects:
