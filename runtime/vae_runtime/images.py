@@ -113,10 +113,17 @@ def _grey(pixels: Any) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+# zlib level 3, not Pillow's 6: a 5x5 grid encodes in 0.67 ms instead of 1.12 ms for 6.5% more
+# bytes (9.7 KB against 9.1 KB), and vae-serve's /samples.png is mostly this encoding.
+PNG_COMPRESS_LEVEL = 3
+
+
 def png_bytes(grid: Any) -> bytes:
     """A uint8 (H, W) greyscale array encoded as PNG."""
     buffer = io.BytesIO()
-    Image.fromarray(_grey(grid), mode="L").save(buffer, format="PNG")
+    Image.fromarray(_grey(grid), mode="L").save(
+        buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL
+    )
     return buffer.getvalue()
 
 
