@@ -99,7 +99,9 @@ def export_checkpoint(
         ckpt = load_checkpoint(path)
         model = ckpt.build_model(path)
         lower_precisions = [p for p in precisions if p != "fp32"]
-        images, images_name = _reference_images(images_file, model)
+        # The whole test set only when a quality gate will read it; verification uses 1,000.
+        limit = GATE_IMAGES if lower_precisions else max(BATCH_SIZES)
+        images, images_name = _reference_images(images_file, model, limit)
 
         started = time.perf_counter()
         source = {"checkpoint": path.name, "sha256": sha256_file(path)}
@@ -185,13 +187,12 @@ def _images_file(data_dir: Path | str) -> Path:
     return found
 
 
-def _reference_images(images_file: Path | None, model: VAE) -> tuple[np.ndarray, str]:
+def _reference_images(images_file: Path | None, model: VAE, limit: int) -> tuple[np.ndarray, str]:
     """Real-looking images for the checks: float32 (N, 1, 28, 28) and their name; from
-    `images_file` the first GATE_IMAGES (the whole test set), else max(BATCH_SIZES) of the
-    model's decoded samples."""
+    `images_file` the first `limit`, else max(BATCH_SIZES) of the model's decoded samples."""
     n = max(BATCH_SIZES)
     if images_file is not None:
-        raw = read_idx(images_file, IMAGES_MAGIC, limit=GATE_IMAGES)
+        raw = read_idx(images_file, IMAGES_MAGIC, limit=limit)
         if raw.ndim != 3 or raw.shape[1:] != C.IMAGE_SHAPE[1:] or raw.shape[0] == 0:
             raise DataError(
                 f"{images_file}: images of shape {list(raw.shape)}, expected [N, 28, 28]"
