@@ -21,7 +21,7 @@ Measured, each cell bounded by --requests and --seconds after a warm-up:
   requests, every bad one a 4xx, vae-serve's memory growth under 10%.
 
 With --cluster, instead: vae-serve with 1 and 2 uvicorn workers against Ray Serve with 1 and 2
-replicas (`vae_runtime.cluster`, a local Ray instance of 2 CPUs, Ray Serve's defaults otherwise)
+replicas (`vae_serve.ray_serve`, a local Ray instance of 2 CPUs, Ray Serve's defaults otherwise)
 on the same cores: requests/s and p50/p99 for V2 binary batch 25 and /samples.png 5x5 at each
 concurrency, and Ray's ratio to vae-serve (needs the ray extra).
 
@@ -538,8 +538,8 @@ def cluster_comparison(args: argparse.Namespace, onnx_dir: Path, latent: int) ->
     import ray
     from ray import serve
 
-    from vae_runtime import cluster
-    from vae_runtime.serve import ServeConfig
+    from vae_serve import ray_serve as cluster
+    from vae_serve.app import ServeConfig
 
     started = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")

@@ -9,7 +9,7 @@ served with COOP/COEP (two wasm threads) unless --no-isolate.
     python bench/web_speed.py --onnx-dir out            # after vae-export
     python bench/web_speed.py --onnx-dir out --precision int8
 
-Needs Debian's Chromium at /usr/bin/chromium and web/node_modules (.ci/web-deps installs both).
+Needs Debian's Chromium at /usr/bin/chromium and web/vae_web/node_modules (make web-deps).
 A measurement, not a test.
 """
 
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from vae_runtime.session import Decoder
-from vae_runtime.web import build_site
+from vae_web.build import build_site
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

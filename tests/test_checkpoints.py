@@ -88,7 +88,7 @@ BAD: dict[str, tuple[Callable[[Path, Path], None] | None, str, tuple[str, ...]]]
     "foreign": (lambda p, g: torch.save({"w": torch.zeros(3)}, p), "not an mnist-vae", ALL),
     "pickled object": (_set("run", {"x": Opaque()}), r"pickled Python objects \(.*Opaque", ALL),
     "newer": (_set("format_version", CHECKPOINT_VERSION + 1), "version 2 is newer", ALL),
-    "version as text": (_set("format_version", "1"), "bad format version '1'", ALL),
+    "version as text": (_set("format_version", "1"), "bad checkpoint version '1'", ALL),
     "no state": (_edit(lambda p: p.pop("state_dict")), "'state_dict' is missing", ALL),
     "int weights": (
         _set("state_dict", {"fc1.weight": torch.zeros(2, dtype=torch.int64)}),

@@ -3,7 +3,7 @@ training extra is missing, then the command (vae_export.cli)."""
 
 from __future__ import annotations
 
-from vae_runtime._entry import run
+from vae_runtime.entrypoints import run
 
 INSTALL_HINT = "install the training extra: pip install torch==2.13.0 'mnist-vae[train]'"
 

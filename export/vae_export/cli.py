@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from vae_runtime import signals
-from vae_runtime._cli import VaeCommand, make_app
+from vae_runtime.console import VaeCommand, make_app
 from vae_train.data import DATA_DIR_ENV  # torch-free, like this module
 
 from . import DEFAULT_OPSET, MIN_OPSET

@@ -12,7 +12,7 @@ from typing import Any
 import typer
 
 from . import tasks
-from ._cli import VaeCommand, make_app
+from .console import VaeCommand, make_app
 from .images import MAX_GRID_PIXELS
 from .inputs import CONVERSION
 from .session import DEFAULT_BATCH_SIZE

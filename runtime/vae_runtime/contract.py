@@ -12,9 +12,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
-from .errors import InvalidArgumentError, ModelFileError, check_path
+from .errors import InvalidArgumentError, ModelFileError, check_path, is_int
 
 FORMAT_VERSION = 1  # of the graphs' metadata and of manifest.json
 PRODUCER = "mnist-vae"
@@ -24,10 +24,50 @@ IMAGE_PIXELS = 28 * 28
 PIXEL_RANGE = (0.0, 1.0)  # float32 pixels, 0 = black background, 1 = white ink
 
 BATCH_AXIS = "batch"  # the name of the dynamic first axis of every input and output
-ENCODER_INPUT = "image"  # float32 (batch, 1, 28, 28)
-ENCODER_OUTPUTS = ("mu", "logvar")  # float32 (batch, latent_dim) each
-DECODER_INPUT = "z"  # float32 (batch, latent_dim)
-DECODER_OUTPUT = "image"  # float32 (batch, 1, 28, 28) in [0, 1]
+LATENT = "latent_dim"  # stands for the model's latent size in a declared shape
+
+
+@dataclass(frozen=True)
+class TensorDecl:
+    """One input or output of a role's graph: float32, the batch axis first, then `dims`
+    (LATENT where the model's latent size goes)."""
+
+    name: str
+    dims: tuple[int | str, ...]
+
+    def shape(self, latent_dim: int) -> tuple[int, ...]:
+        """The dims after the batch axis, for a model of `latent_dim`."""
+        return tuple(latent_dim if d == LATENT else int(d) for d in self.dims)
+
+
+@dataclass(frozen=True)
+class Interface:
+    """What a role's graph takes and gives, declared once: the exporter names its graph's
+    inputs and outputs from it, the runtime checks loaded graphs against it, and the service,
+    the Triton configuration and the page describe their tensors with it."""
+
+    role: str
+    inputs: tuple[TensorDecl, ...]
+    outputs: tuple[TensorDecl, ...]
+    dtype: str = "float32"
+
+
+ENCODER = Interface(  # (B, 1, 28, 28) in [0, 1] -> mu, logvar (B, latent_dim)
+    "encoder",
+    (TensorDecl("image", IMAGE_SHAPE),),
+    (TensorDecl("mu", (LATENT,)), TensorDecl("logvar", (LATENT,))),
+)
+DECODER = Interface(  # z (B, latent_dim) -> (B, 1, 28, 28) in [0, 1]
+    "decoder",
+    (TensorDecl("z", (LATENT,)),),
+    (TensorDecl("image", IMAGE_SHAPE),),
+)
+INTERFACES = {i.role: i for i in (ENCODER, DECODER)}
+# Short names of the declarations above, for code that handles one role.
+ENCODER_INPUT = ENCODER.inputs[0].name
+ENCODER_OUTPUTS = tuple(t.name for t in ENCODER.outputs)
+DECODER_INPUT = DECODER.inputs[0].name
+DECODER_OUTPUT = DECODER.outputs[0].name
 
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
@@ -45,7 +85,7 @@ MANIFEST_CHECKPOINT = "checkpoint"  # {"name": "model.pt", "sha256": ...}
 MANIFEST_LATENT_DIM = "latent_dim"
 MANIFEST_OPSET = "opset"
 
-ROLES = ("encoder", "decoder")
+ROLES = tuple(INTERFACES)  # ("encoder", "decoder")
 # Of a graph's weights and arithmetic; float32 at the inputs and outputs always. fp32 is the
 # export's default; int8 and fp16 graphs are written beside it on request (graph_file names them).
 PRECISIONS = ("fp32", "int8", "fp16")
@@ -71,6 +111,47 @@ def graph_file(role: str, precision: str = "fp32") -> str:
     if role not in ROLES or precision not in PRECISIONS:
         raise ValueError(f"no graph file for role {role!r} and precision {precision!r}")
     return f"{role}.onnx" if precision == "fp32" else f"{role}.{precision}.onnx"
+
+
+def served_name(role: str, precision: str, default: str = "fp32") -> str:
+    """The name a service gives the `role` graph of `precision` when `default` is the precision
+    served under the plain role names: decoder, encoder, decoder_int8, encoder_fp16, ..."""
+    graph_file(role, precision)  # checks both names
+    return role if precision == default else f"{role}_{precision}"
+
+
+def listed_graphs(files: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """The graphs among a manifest's `files`, as (role, precision, file name), decoders first,
+    in PRECISIONS order: the order in which every deploy target lists them."""
+    return [
+        (role, precision, graph_file(role, precision))
+        for role in ("decoder", "encoder")
+        for precision in PRECISIONS
+        if graph_file(role, precision) in files
+    ]
+
+
+def check_format_version(
+    version: Any,
+    where: str,
+    *,
+    kind: str = "format",
+    newest: int = FORMAT_VERSION,
+    fix: str = "re-export the graphs with vae-export",
+    error: type[ModelFileError] = ModelFileError,
+) -> int:
+    """The one format-version rule of every versioned file (graph metadata, manifest.json,
+    model.pt): an integer from 1 to `newest`. Else `error`, naming `where` and the `kind` of
+    file; a version newer than this mnist-vae reads asks for an upgrade, a malformed one for
+    `fix`."""
+    if not is_int(version) or version < 1:
+        raise error(f"{where}: bad {kind} version {version!r:.40}; {fix}")
+    if version > newest:
+        raise error(
+            f"{where}: {kind} format version {version} is newer than this mnist-vae reads "
+            f"({newest}); upgrade mnist-vae"
+        )
+    return version
 
 
 @dataclass(frozen=True)
@@ -125,7 +206,7 @@ def parse_metadata(props: dict[str, str], path: str) -> GraphInfo:
             "export one with `vae-export model.pt`"
         )
     try:
-        version = int(props[META_FORMAT])
+        version = int(props[META_FORMAT])  # a string in the metadata, like every value there
         latent_dim = int(props[META_LATENT_DIM])
         image_shape = tuple(json.loads(props[META_IMAGE_SHAPE]))
         pixel_range = tuple(json.loads(props[META_PIXEL_RANGE]))
@@ -134,13 +215,7 @@ def parse_metadata(props: dict[str, str], path: str) -> GraphInfo:
     except (KeyError, ValueError, TypeError, RecursionError) as exc:
         detail = " ".join(str(exc).split())[:120]
         raise ModelFileError(f"{path}: malformed mnist-vae metadata ({detail})") from None
-    if version < 1:
-        raise ModelFileError(f"{path}: graph format version {version} is not a version")
-    if version > FORMAT_VERSION:
-        raise ModelFileError(
-            f"{path}: graph format version {version} is newer than this runtime reads "
-            f"({FORMAT_VERSION}); upgrade mnist-vae"
-        )
+    check_format_version(version, path, kind="graph")
     role = props[META_ROLE]
     if role not in ROLES:
         raise ModelFileError(f"{path}: unknown role {role!r}, expected one of {ROLES}")
@@ -253,16 +328,9 @@ class Manifest:
 
         if not isinstance(content, dict) or content.get(MANIFEST_KEY_FORMAT) != MANIFEST_FORMAT:
             raise bad(f"not an mnist-vae manifest (no '{MANIFEST_FORMAT}' format tag)")
-        version = content.get(MANIFEST_KEY_VERSION)
-        if not _is_int(version) or version < 1:
-            raise bad(f"bad {MANIFEST_KEY_VERSION} {version!r}")
-        if version > FORMAT_VERSION:
-            raise ModelFileError(
-                f"{path}: manifest format version {version} is newer than this runtime reads "
-                f"({FORMAT_VERSION}); upgrade mnist-vae"
-            )
+        check_format_version(content.get(MANIFEST_KEY_VERSION), str(path), kind="manifest")
         latent = content.get(MANIFEST_LATENT_DIM)
-        if not _is_int(latent) or not 1 <= latent <= MAX_LATENT_DIM:
+        if not is_int(latent) or not 1 <= latent <= MAX_LATENT_DIM:
             raise bad(f"'{MANIFEST_LATENT_DIM}' is {latent!r}, expected 1..{MAX_LATENT_DIM}")
         files = content.get(MANIFEST_FILES)
         if not isinstance(files, dict) or not files:
@@ -278,7 +346,7 @@ class Manifest:
             quality = raw.get("quality", {})
             if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
                 raise bad(f"the SHA-256 of {name} is {sha!r}, expected 64 hex digits")
-            if not _is_int(size) or size < 0:
+            if not is_int(size) or size < 0:
                 raise bad(f"the size of {name} is {size!r}, expected a byte count")
             if role not in ("", *ROLES) or precision not in PRECISIONS:
                 raise bad(f"{name} has role {role!r} / precision {precision!r}")
@@ -313,7 +381,3 @@ class Manifest:
 
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
-
-
-def _is_int(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)

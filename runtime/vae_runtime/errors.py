@@ -12,7 +12,7 @@ import numbers
 import os
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 if TYPE_CHECKING:  # numpy is not imported at start-up (the console entry points import this)
     import numpy as np
@@ -94,6 +94,11 @@ def interruption(exc: BaseException) -> KeyboardInterrupt | None:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def is_int(value: Any) -> TypeGuard[int]:
+    """True for a plain int, never a bool: the rule for integers read from JSON or a file."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:

@@ -21,13 +21,16 @@ import numpy as np
 import onnxruntime as ort
 
 from .contract import (
+    DECODER,
     DECODER_INPUT,
     DECODER_OUTPUT,
+    ENCODER,
     ENCODER_INPUT,
     ENCODER_OUTPUTS,
     IMAGE_SHAPE,
     FileEntry,
     GraphInfo,
+    Interface,
     Manifest,
     parse_metadata,
 )
@@ -142,6 +145,7 @@ def _check_arg(path: Path, kind: str, arg: Any, name: str, dims: tuple[int, ...]
 class _Graph:
     """What encoder and decoder share: the checked session, its path, metadata and precision."""
 
+    interface: Interface  # the contract's declaration of the role's inputs and outputs
     role = ""
 
     def __init__(
@@ -158,10 +162,14 @@ class _Graph:
         """Size of the latent vector, as the graph's metadata and shapes state it."""
         return self.info.latent_dim
 
-    @staticmethod
-    def _io(latent_dim: int) -> tuple[_Args, _Args]:
+    @classmethod
+    def _io(cls, latent_dim: int) -> tuple[_Args, _Args]:
         """The (name, dims after the batch axis) of each input and output the contract asks for."""
-        raise NotImplementedError  # pragma: no cover  (Decoder and Encoder define it)
+        inputs, outputs = cls.interface.inputs, cls.interface.outputs
+        return (
+            tuple((t.name, t.shape(latent_dim)) for t in inputs),
+            tuple((t.name, t.shape(latent_dim)) for t in outputs),
+        )
 
     @classmethod
     def load(
@@ -295,11 +303,8 @@ class Decoder(_Graph):
     >>> images = decoder.sample(25, seed=0)       # (25, 1, 28, 28)
     """
 
-    role = "decoder"
-
-    @staticmethod
-    def _io(latent_dim: int) -> tuple[_Args, _Args]:
-        return ((DECODER_INPUT, (latent_dim,)),), ((DECODER_OUTPUT, IMAGE_SHAPE),)
+    interface = DECODER
+    role = DECODER.role
 
     def decode(self, z: Any, *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """Decode latents (N, latent_dim) -> float32 images (N, 1, 28, 28), `batch_size` rows
@@ -353,11 +358,8 @@ class Decoder(_Graph):
 class Encoder(_Graph):
     """An encoder graph: images (N, 1, 28, 28) in [0, 1] -> mu, logvar, each (N, latent_dim)."""
 
-    role = "encoder"
-
-    @staticmethod
-    def _io(latent_dim: int) -> tuple[_Args, _Args]:
-        return ((ENCODER_INPUT, IMAGE_SHAPE),), tuple((n, (latent_dim,)) for n in ENCODER_OUTPUTS)
+    interface = ENCODER
+    role = ENCODER.role
 
     def encode(
         self, images: Any, *, batch_size: int = DEFAULT_BATCH_SIZE

@@ -35,7 +35,7 @@ from serve_support import LATENT, MAX_BATCH, MAX_BODY_MB, Running, start_server,
 
 from vae_runtime.errors import ModelFileError, VaeError
 from vae_runtime.sampling import sample_latents
-from vae_runtime.serve import ServeConfig, create_app
+from vae_serve.app import ServeConfig, create_app
 
 if importlib.util.find_spec("ray") is None:
     if os.environ.get("VAE_REQUIRE_RAY") == "1":
@@ -51,7 +51,8 @@ with warnings.catch_warnings():  # Ray's own pydantic deprecations, at its impor
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
-from vae_runtime import cluster, serve_cli
+from vae_serve import cli as serve_cli
+from vae_serve import ray_serve as cluster
 
 SERVE_TESTS = Path(__file__).parents[1] / "serve"
 
@@ -370,7 +371,7 @@ def test_the_serve_config_file_is_rays_and_builds_the_app(export_dir: Path, tmp_
     path = tmp_path / "serve.yaml"
     args = ["--onnx-dir", str(export_dir), "--max-batch", "64", "--write-serve-config", str(path)]
     args += ["--max-replicas", "4", "--num-cpus", "0.5", "--host", "0.0.0.0", "--port", "8100"]
-    result = CliRunner().invoke(serve_cli.serve_app, args)
+    result = CliRunner().invoke(serve_cli.app, args)
     assert result.exit_code == 0, result.output
     assert f"wrote {path}; run it with `serve run {path}`" in result.stdout
     import yaml
@@ -379,7 +380,7 @@ def test_the_serve_config_file_is_rays_and_builds_the_app(export_dir: Path, tmp_
     schema = ServeDeploySchema.model_validate(content)  # Ray's own check of the file
     assert schema.http_options.host == "0.0.0.0" and schema.http_options.port == 8100
     (app,) = content["applications"]
-    assert app["import_path"] == "vae_runtime.cluster:app_builder"
+    assert app["import_path"] == "vae_serve.ray_serve:app_builder"
     assert app["args"] == {"onnx_dir": str(export_dir), "max_batch": 64}
     assert app["deployments"][0]["autoscaling_config"]["max_replicas"] == 4
     # What Ray does with it: import the builder and call it with the args (strings from
@@ -419,14 +420,14 @@ def test_command_refusals(
     export_dir: Path, tmp_path: Path, args: list[str], code: int, words: str
 ) -> None:
     given = ["--onnx-dir", str(export_dir), *(a.format(tmp=tmp_path) for a in args)]
-    expect_error(CliRunner().invoke(serve_cli.serve_app, given), code, words)
+    expect_error(CliRunner().invoke(serve_cli.app, given), code, words)
 
 
 def test_without_ray_one_line_says_how_to_install_it(
     export_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray: ImportError
-    result = CliRunner().invoke(serve_cli.serve_app, ["--onnx-dir", str(export_dir), "--ray"])
+    result = CliRunner().invoke(serve_cli.app, ["--onnx-dir", str(export_dir), "--ray"])
     line = expect_error(result, 1, re.escape("pip install 'mnist-vae[ray]'"))
     assert "Ray Serve is not installed" in line
 

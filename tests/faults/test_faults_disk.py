@@ -593,7 +593,7 @@ def _serve() -> None:
 
     import vae_export.__main__
     import vae_export.onnx_export  # noqa: F401
-    import vae_runtime._entry  # noqa: F401
+    import vae_runtime.entrypoints  # noqa: F401
     import vae_train.__main__
     import vae_train.training  # noqa: F401
 

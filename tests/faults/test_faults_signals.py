@@ -79,9 +79,9 @@ TEST_GZ = "t10k-images-idx3-ubyte.gz"
 ENTRIES = {  # console script -> its entry point (pyproject's [project.scripts])
     "vae-train": "vae_train.__main__:main",
     "vae-export": "vae_export.__main__:main",
-    "vae-generate": "vae_runtime._entry:vae_generate",
-    "vae-interpolate": "vae_runtime._entry:vae_interpolate",
-    "vae-reconstruct": "vae_runtime._entry:vae_reconstruct",
+    "vae-generate": "vae_runtime.entrypoints:vae_generate",
+    "vae-interpolate": "vae_runtime.entrypoints:vae_interpolate",
+    "vae-reconstruct": "vae_runtime.entrypoints:vae_reconstruct",
 }
 _IN_RUN = re.compile(r'_entry\.py", line \d+, in run\b')  # a traceback from after install()
 _HOLDS = re.compile(r"holds (\d+) finished epoch\(s\)")

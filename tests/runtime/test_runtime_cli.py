@@ -21,8 +21,8 @@ from runtime_graphs import quantize
 from typer.testing import CliRunner, Result
 
 from vae_runtime import Decoder, fileio, sample_latents
-from vae_runtime._cli import VaeCommand, make_app
 from vae_runtime.cli import generate_app, interpolate_app, reconstruct_app
+from vae_runtime.console import VaeCommand, make_app
 from vae_runtime.errors import DataError, Interrupted, InvalidArgumentError, OutputRefusedError
 from vae_runtime.idx import write_idx
 
@@ -447,7 +447,7 @@ def test_no_third_party_warning_reaches_the_terminal(graphs, tmp_path: Path) -> 
     )
     assert "NOISE" in bare.stderr  # the condition is real: the test below can fail
     start = (
-        "from vae_runtime._entry import run; "
+        "from vae_runtime.entrypoints import run; "
         "run('vae-generate', 'vae_runtime.cli:generate_app', "
         "quiet_imports=('noisy', 'onnxruntime'))"
     )

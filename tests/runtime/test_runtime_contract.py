@@ -98,8 +98,8 @@ def _tampered() -> list[tuple[Any, str]]:
     cases: list[tuple[Any, str]] = [([], "not an mnist-vae manifest")]
     for key, value, message in (
         ("format", "other", "not an mnist-vae manifest"),
-        ("format_version", 99, "newer than this runtime"),
-        ("format_version", "1", "bad format_version"),
+        ("format_version", 99, "newer than this mnist-vae"),
+        ("format_version", "1", "bad manifest version"),
         ("latent_dim", 0, "'latent_dim' is 0"),
         ("latent_dim", True, "'latent_dim' is True"),
         ("files", {}, "lists no graph files"),

@@ -31,7 +31,7 @@ what = sys.argv[1]
 sys.argv = [what] + sys.argv[2:]
 if what == "probe":
     import torch
-import vae_runtime._entry as entry
+import vae_runtime.entrypoints as entry
 try:
     getattr(entry, what.replace("-", "_"))()
 finally:
@@ -52,9 +52,9 @@ def imported_modules(source: str) -> set[str]:
 
 
 # The two modules that import by name, and what they may name: the package's lazy exports name
-# its own modules; the console entry points name their apps (vae_train's and vae_export's entry
-# points pass their own names, from their own packages).
-DYNAMIC = {"__init__.py", "_entry.py"}
+# its own modules; the console entry points name their apps (the other packages' entry points
+# pass their own names, from their own packages).
+DYNAMIC = {"__init__.py", "entrypoints.py"}
 
 
 def test_no_runtime_module_imports_torch_or_the_other_packages() -> None:
@@ -68,8 +68,8 @@ def test_no_runtime_module_imports_torch_or_the_other_packages() -> None:
                 assert path.name in DYNAMIC, f"{path.name}: dynamic imports hide from this scan"
     for module in vae_runtime._EXPORTS.values():
         assert (PACKAGE / f"{module}.py").is_file(), module
-    names = re.findall(r'run\("[\w-]+", "([\w.]+):\w+"', (PACKAGE / "_entry.py").read_text())
-    assert names == [*["vae_runtime.cli"] * 3, "vae_runtime.serve_cli", "vae_runtime.web"]
+    names = re.findall(r'run\("[\w-]+", "([\w.]+):\w+"', (PACKAGE / "entrypoints.py").read_text())
+    assert names == ["vae_runtime.cli"] * 3
     for name in names:
         assert (PACKAGE / f"{name.removeprefix('vae_runtime.')}.py").is_file(), name
 

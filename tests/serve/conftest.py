@@ -68,7 +68,7 @@ def server(request: pytest.FixtureRequest, export_dir: Path) -> Iterator[Running
         code, _, err = stop_server(running)
         assert code == 0, err
         return
-    from vae_runtime.serve import ServeConfig, create_app
+    from vae_serve.app import ServeConfig, create_app
 
     config = ServeConfig(onnx_dir=export_dir, max_batch=MAX_BATCH, max_body_bytes=MAX_BODY_MB << 20)
     with thread_server(create_app(config)) as running:

@@ -21,11 +21,16 @@ from runtime_graphs import build_decoder, build_encoder
 from serve_support import LATENT, Running, infer_json, request, thread_server, z_input
 from typer.testing import CliRunner
 
-from vae_runtime import oip, serve, serve_cli
 from vae_runtime.errors import InvalidArgumentError, ModelFileError, VaeError
-from vae_runtime.oip import TensorSpec, encode_response, parse_infer
 from vae_runtime.sampling import sample_latents
-from vae_runtime.serve import Listen, ServeConfig, create_app, load_models
+from vae_runtime.session import Decoder
+from vae_serve import app as serve
+from vae_serve import cli as serve_cli
+from vae_serve import endpoints, server
+from vae_serve.app import ServeConfig, create_app
+from vae_serve.codec import TensorSpec, encode_response, parse_infer
+from vae_serve.models import load_models
+from vae_serve.server import Listen
 
 
 @pytest.mark.parametrize(
@@ -134,11 +139,11 @@ def test_cors(roomy: Running) -> None:
 
 
 def test_large_batches_run_off_the_event_loop(roomy: Running, export_dir: Path) -> None:
-    z = sample_latents(oip.INLINE_ROWS + 36, LATENT, 3)
+    z = sample_latents(endpoints.INLINE_ROWS + 36, LATENT, 3)
     status, _, body = request(roomy, "POST", "/v2/models/decoder/infer", infer_json([z_input(z)]))
     assert status == 200
     data = np.array(orjson.loads(body)["outputs"][0]["data"], np.float32)
-    expected = serve.Decoder.load(export_dir / "decoder.onnx").decode(z)
+    expected = Decoder.load(export_dir / "decoder.onnx").decode(z)
     assert data.tobytes() == expected.tobytes()
     status, _, png = request(roomy, "GET", "/samples.png?rows=10&cols=10")
     assert status == 200 and png.startswith(b"\x89PNG")
@@ -227,10 +232,10 @@ def test_cli_up_to_uvicorn(export_dir: Path, monkeypatch: pytest.MonkeyPatch) ->
         sock.close()
         return "stopped by SIGTERM"
 
-    monkeypatch.setattr(serve, "_run_uvicorn", fake_uvicorn)
+    monkeypatch.setattr(server, "_run_uvicorn", fake_uvicorn)
     args = ["--onnx-dir", str(export_dir), "--port", "0", "--max-body-mb", "2"]
     args += ["--cors-origin", "http://a", "--provider", "CPUExecutionProvider", "--workers", "2"]
-    result = CliRunner().invoke(serve_cli.serve_app, args)
+    result = CliRunner().invoke(serve_cli.app, args)
     assert result.exit_code == 0, result.output
     assert "serving decoder, decoder_int8, encoder, sampler at http://127.0.0.1:" in result.stdout
     assert result.stdout.endswith("stopped by SIGTERM\n")
@@ -253,7 +258,7 @@ def test_cli_up_to_uvicorn(export_dir: Path, monkeypatch: pytest.MonkeyPatch) ->
     ],
 )
 def test_cli_refusals(export_dir: Path, args: list[str], code: int, words: str) -> None:
-    result = CliRunner().invoke(serve_cli.serve_app, [a.format(dir=export_dir) for a in args])
+    result = CliRunner().invoke(serve_cli.app, [a.format(dir=export_dir) for a in args])
     expect_error(result, code, words)
 
 
@@ -262,14 +267,14 @@ def test_cli_port_in_use_and_privileged(export_dir: Path, monkeypatch: pytest.Mo
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
-        result = CliRunner().invoke(serve_cli.serve_app, [*args, str(sock.getsockname()[1])])
+        result = CliRunner().invoke(serve_cli.app, [*args, str(sock.getsockname()[1])])
         expect_error(result, 1, "Address already in use; stop what uses it")
 
     def refuse(self: socket.socket, address: Any) -> None:
         raise PermissionError(errno.EACCES, "Permission denied")
 
     monkeypatch.setattr(socket.socket, "bind", refuse)  # as for anyone but root on port 80
-    result = CliRunner().invoke(serve_cli.serve_app, [*args, "80"])
+    result = CliRunner().invoke(serve_cli.app, [*args, "80"])
     expect_error(result, 1, "Permission denied; ports below 1024 need privileges")
 
 
@@ -283,7 +288,8 @@ class NoTorch(importlib.abc.MetaPathFinder):
             raise ImportError("torch is blocked in this test")
 sys.meta_path.insert(0, NoTorch())
 from pathlib import Path
-from vae_runtime.serve import ServeConfig, create_app, load_models
+from vae_serve.app import ServeConfig, create_app
+from vae_serve.models import load_models
 create_app(ServeConfig(onnx_dir=Path({str(export_dir)!r})))
 models = load_models(ServeConfig(onnx_dir=Path({str(export_dir)!r})))
 models.models["sampler"].run({{"seed": [0], "count": [2]}})

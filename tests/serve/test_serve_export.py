@@ -12,8 +12,9 @@ import tritonclient.http as triton
 from serve_support import BIN, request, thread_server
 
 from vae_runtime.sampling import sample_latents
-from vae_runtime.serve import ServeConfig, create_app, load_models
 from vae_runtime.session import Decoder
+from vae_serve.app import ServeConfig, create_app
+from vae_serve.models import load_models
 
 pytestmark = pytest.mark.slow  # one real export of three precisions (~10 s)
 

@@ -134,7 +134,7 @@ def test_port_in_use_is_one_line(export_dir: Path, busy_port: int) -> None:
 def test_without_the_extra_one_line() -> None:
     code = (
         "import sys; sys.modules['uvicorn'] = None; sys.argv = ['vae-serve']; "
-        "from vae_runtime._entry import vae_serve; vae_serve()"
+        "from vae_serve.__main__ import main; main()"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60

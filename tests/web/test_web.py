@@ -25,19 +25,20 @@ from runtime_graphs import build_decoder, build_encoder
 from typer.testing import CliRunner
 from web_support import LATENT, PageWatch, serve
 
-from vae_runtime import web
 from vae_runtime.contract import MANIFEST_FILE
 from vae_runtime.idx import read_idx
 from vae_runtime.inputs import fit_mnist
 from vae_runtime.sampling import interpolate, manifold_latents
 from vae_runtime.session import Decoder, Encoder
+from vae_web import build as web
+from vae_web import cli as web_cli
 
 runner = CliRunner()
 TOLERANCE = 1e-5  # the bound on |page - onnxruntime in Python|
 
 
 def run(args: list[Any]) -> Any:
-    return runner.invoke(web.web_app, [str(a) for a in args])
+    return runner.invoke(web_cli.app, [str(a) for a in args])
 
 
 def page_call(page: Any, function: str, *args: Any) -> Any:

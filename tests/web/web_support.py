@@ -26,7 +26,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1] / "runtime"))  # runtime_graphs, shared
 from runtime_graphs import build_decoder, build_encoder, quantize, write_manifest
 
-from vae_runtime.web import build_site
+from vae_web.build import build_site
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTEFACTS_ENV = "VAE_TEST_ARTEFACTS"  # where the page's screenshot goes (default: a temp folder)

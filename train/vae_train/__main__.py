@@ -3,7 +3,7 @@ hint if torch is missing, then the command (vae_train.cli)."""
 
 from __future__ import annotations
 
-from vae_runtime._entry import run
+from vae_runtime.entrypoints import run
 
 # Here, not in cli.py: this module must import nothing slow before `run` installs the handlers.
 INSTALL_HINT = "install the training extra: pip install torch==2.13.0 'mnist-vae[train]'"

@@ -28,11 +28,12 @@ import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 import torch
 
-from vae_runtime.errors import InvalidArgumentError, ModelFileError
+from vae_runtime.contract import check_format_version
+from vae_runtime.errors import InvalidArgumentError, ModelFileError, is_int
 from vae_runtime.fileio import write_file
 
 from .model import VAE, VAEConfig
@@ -144,14 +145,14 @@ def _parse(payload: Any, path: Path) -> Checkpoint:
         raise CheckpointError(
             f"{path}: not an mnist-vae checkpoint (no '{CHECKPOINT_FORMAT}' format tag)"
         )
-    version = payload.get("format_version")
-    if not _is_int(version) or version < 1:
-        raise bad(f"bad format version {_short(version)}")
-    if version > CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format version {version} is newer than this mnist-vae reads "
-            f"({CHECKPOINT_VERSION}); upgrade mnist-vae"
-        )
+    check_format_version(
+        payload.get("format_version"),
+        str(path),
+        kind="checkpoint",
+        newest=CHECKPOINT_VERSION,
+        fix="not a model.pt that vae-train wrote",
+        error=CheckpointError,
+    )
     state = payload.get("state_dict")
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) and v.is_floating_point()
@@ -163,7 +164,7 @@ def _parse(payload: Any, path: Path) -> Checkpoint:
     except (InvalidArgumentError, TypeError) as exc:
         raise bad(f"bad model config: {exc}") from None
     epoch = payload.get("epoch", 0)
-    if not _is_int(epoch) or not 0 <= epoch <= MAX_EPOCH:
+    if not is_int(epoch) or not 0 <= epoch <= MAX_EPOCH:
         raise bad(f"'epoch' is {_short(epoch)}, expected 0..{MAX_EPOCH}")
     metrics = payload.get("metrics", [])
     if not isinstance(metrics, list) or not all(_is_record(m) for m in metrics):
@@ -190,10 +191,6 @@ def _parse(payload: Any, path: Path) -> Checkpoint:
         versions={str(k): str(v)[:100] for k, v in payload.get("versions", {}).items()},
         progress=dict(progress),
     )
-
-
-def _is_int(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_progress(value: Any, epoch: int) -> bool:

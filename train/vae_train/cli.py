@@ -2,7 +2,7 @@
 (the test-set ELBO, the importance-weighted bound, active units; eval.json and a chart).
 
 Only options here; every rule lives in the library (TrainSettings, VAEConfig, Outputs), and the
-exit codes come from `vae_runtime._cli.VaeCommand`. Importing this module does not import torch:
+exit codes come from `vae_runtime.console.VaeCommand`. Importing this module does not import torch:
 the command body sets the OpenMP thread binding first, then loads the training code.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from vae_runtime import signals
-from vae_runtime._cli import VaeCommand, make_app
+from vae_runtime.console import VaeCommand, make_app
 
 from .data import DATA_DIR_ENV
 

@@ -1,4 +1,4 @@
-"""`vae-serve --ray`: the same Starlette app (`serve.create_app`) as a Ray Serve deployment.
+"""`vae-serve --ray`: the same Starlette app (`app.create_app`) as a Ray Serve deployment.
 
 Each replica holds its own `Decoder`/`Encoder`. The graphs travel with the deployment: the driver
 reads the export's files once (after loading them itself, so that a bad graph is refused before
@@ -15,7 +15,6 @@ Ray is imported only here and only when used: `vae-serve` without `--ray` never 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import socket
 import tempfile
@@ -27,11 +26,13 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from . import signals
-from .contract import MANIFEST_FILE, PRECISIONS, ROLES, Manifest, graph_file
-from .errors import Interrupted, InvalidArgumentError, VaeError, check_float, check_int
-from .fileio import write_file
-from .serve import Models, ServeConfig, create_app, load_models
+from vae_runtime import signals
+from vae_runtime.contract import MANIFEST_FILE, listed_graphs
+from vae_runtime.errors import Interrupted, InvalidArgumentError, VaeError, check_float, check_int
+from vae_runtime.fileio import write_file
+
+from .app import ServeConfig, create_app
+from .models import Models, export_manifest, load_models
 
 APP_NAME = "mnist-vae"  # the Serve application and its one deployment
 IMPORT_PATH = f"{__name__}:app_builder"
@@ -122,10 +123,9 @@ class Bundle:
         served = tuple(load_models(config).models)
         files: dict[str, Path] = {}
         if config.onnx_dir is not None:
-            listed = Manifest.load(config.onnx_dir / MANIFEST_FILE).files
-            graphs = [graph_file(r, p) for r in ROLES for p in PRECISIONS]
-            files = {n: config.onnx_dir / n for n in [MANIFEST_FILE, *graphs] if n in listed}
-            files[MANIFEST_FILE] = config.onnx_dir / MANIFEST_FILE
+            listed = listed_graphs(export_manifest(config.onnx_dir).files)
+            names = [MANIFEST_FILE, *(file for _, _, file in listed)]
+            files = {n: config.onnx_dir / n for n in names}
             relative = dataclasses.replace(config, onnx_dir=Path("."))
         else:
             paths: dict[str, Path | None] = {"decoder": config.decoder, "encoder": config.encoder}
@@ -183,49 +183,20 @@ def application(bundle: Bundle, replicas: Replicas, name: str = APP_NAME) -> Any
     return serve.deployment(serve.ingress(build)(), name=name, **options).bind()
 
 
-_ARG_TYPES: dict[str, Callable[[Any], Any]] = {
-    "onnx_dir": Path,
-    "decoder": Path,
-    "encoder": Path,
-    "precision": str,
-    "threads": int,
-    "providers": lambda v: tuple(p for p in (v.split(",") if isinstance(v, str) else v) if p),
-    "max_batch": int,
-    "max_body_bytes": int,
-    "max_grid": int,
-    "cors_origins": lambda v: tuple(o for o in (v.split(",") if isinstance(v, str) else v) if o),
-}
-
-
 def config_from_args(args: Mapping[str, Any]) -> ServeConfig:
     """A ServeConfig from a Serve config file's `args` (or `serve run ... key=value`: strings)."""
-    unknown = sorted(set(args) - set(_ARG_TYPES))
-    if unknown:
-        raise InvalidArgumentError(
-            f"unknown argument {unknown[0]!r}; the app takes {', '.join(_ARG_TYPES)}"
-        )
-    values: dict[str, Any] = {}
-    for key, value in args.items():
-        try:
-            values[key] = None if value is None else _ARG_TYPES[key](value)
-        except (TypeError, ValueError):
-            raise InvalidArgumentError(f"argument {key}: {value!r} is not valid") from None
-    return ServeConfig(**values).check()
+    return ServeConfig.from_dict(args)
 
 
 def config_args(config: ServeConfig) -> dict[str, Any]:
     """`config_from_args`'s input for `config`: what a Serve config file's `args` hold."""
-    defaults = ServeConfig()
-    args = {}
-    for key, value in json.loads(config.to_json()).items():
-        if value != json.loads(defaults.to_json())[key]:
-            args[key] = value
-    return args
+    defaults = ServeConfig().to_dict()
+    return {k: v for k, v in config.to_dict().items() if v != defaults[k]}
 
 
 def app_builder(args: dict[str, Any]) -> Any:
-    """The application of a Serve config file (`import_path: vae_runtime.cluster:app_builder`)
-    or of `serve run vae_runtime.cluster:app_builder onnx_dir=out`: `args` are ServeConfig's
+    """The application of a Serve config file (`import_path: vae_serve.ray_serve:app_builder`)
+    or of `serve run vae_serve.ray_serve:app_builder onnx_dir=out`: `args` are ServeConfig's
     fields; the deployment's options come from the config file's `deployments` entry."""
     return application(Bundle.read(config_from_args(args)), Replicas())
 

@@ -2,8 +2,9 @@
 other moment: this module's first statements record SIGINT and SIGTERM (before anything else is
 imported), `run` installs the real handlers and delivers what was recorded.
 
-Only the standard library and `signals` are imported here; `vae_train` and `vae_export` start
-their commands through `run` too (from their `__main__`), naming their app by import path.
+Only the standard library and `signals` are imported here; `vae_train`, `vae_export`,
+`vae_serve` and `vae_web` start their commands through `run` too (from their `__main__`), naming
+their app by import path.
 """
 
 import signal
@@ -75,7 +76,7 @@ def run(  # pragma: no cover  (console script only)
         # Signals wait for the imports: a native extension interrupted while it initialises
         # fails in odd ways (an ImportError, a crash), and nothing is written meanwhile anyway.
         with signals.deferred():
-            from ._cli import debugging
+            from .console import debugging
 
             if not debugging():
                 # Third-party warnings (numpy on extreme values, exporters' deprecations) are
@@ -115,15 +116,3 @@ def vae_interpolate() -> None:  # pragma: no cover  (console scripts)
 def vae_reconstruct() -> None:  # pragma: no cover  (console scripts)
     """`vae-reconstruct`."""
     run("vae-reconstruct", "vae_runtime.cli:reconstruct_app")
-
-
-def vae_serve() -> None:  # pragma: no cover  (console scripts)
-    """`vae-serve`: needs the serve extra."""
-    requires = ("starlette", "uvicorn", "orjson", "prometheus_client")
-    hint = "install the serve extra: pip install 'mnist-vae[serve]'"
-    run("vae-serve", "vae_runtime.serve_cli:serve_app", requires, hint)
-
-
-def vae_web() -> None:  # pragma: no cover  (console scripts)
-    """`vae-web`."""
-    run("vae-web", "vae_runtime.web:web_app")

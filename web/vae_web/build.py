@@ -1,4 +1,4 @@
-"""`vae-web`: a self-contained static site that runs the exported graphs in the browser.
+"""The builder of `vae-web`: a static site that runs the exported graphs in the browser.
 
 `build_site(onnx_dir, out)` checks the graphs exactly like the other commands do
 (`Decoder.load`/`Encoder.load`: metadata, names, shapes, the manifest's SHA-256, the pair's
@@ -9,8 +9,8 @@ three onnxruntime-web files of the pinned version with their licence. The page l
 from anywhere but its own folder.
 
 onnxruntime-web is not shipped inside the Python package (14 MB of wasm); `find_ort` looks for
-the pinned files in `--ort-dir`, `$VAE_ORT_DIR`, then the checkout's `web/node_modules` (what
-`npm ci` in `web/` installs), and says how to get them when none has them.
+the pinned files in `--ort-dir`, `$VAE_ORT_DIR`, then `node_modules` beside this module (what
+`npm ci` here installs: `make web-deps`), and says how to get them when none has them.
 """
 
 from __future__ import annotations
@@ -24,15 +24,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import typer
-
-from . import __version__
-from ._cli import VaeCommand, make_app
-from .contract import MANIFEST_FILE, PRECISIONS, Manifest, graph_file
-from .errors import DataError, InvalidArgumentError, ModelFileError, OutputRefusedError, check_path
-from .fileio import Outputs
-from .sampling import manifold_latents
-from .session import Decoder, Encoder, check_pair
+from vae_runtime import __version__
+from vae_runtime.contract import MANIFEST_FILE, PRECISIONS, Manifest, graph_file
+from vae_runtime.errors import (
+    DataError,
+    InvalidArgumentError,
+    ModelFileError,
+    OutputRefusedError,
+    check_path,
+)
+from vae_runtime.fileio import Outputs
+from vae_runtime.sampling import manifold_latents
+from vae_runtime.session import Decoder, Encoder, check_pair
 
 ORT_WEB_VERSION = "1.30.0"  # web/package.json pins the same; the page is tested with this one
 # The script-tag build of the wasm backend and the one wasm binary it loads (SIMD + threads;
@@ -45,18 +48,19 @@ CONFIG_FILE = "model.json"
 SITE_FORMAT = "mnist-vae/site"
 MANIFOLD_SIDE = 15  # cells per side of the 2-D latent map
 SITE_DIR = Path(__file__).parent / "site"
-_CHECKOUT_ORT = Path(__file__).resolve().parents[2] / "web/node_modules/onnxruntime-web/dist"
+# What `npm ci` in this folder installs (a checkout, or an editable install of one).
+_CHECKOUT_ORT = Path(__file__).resolve().parent / "node_modules/onnxruntime-web/dist"
 _BANNER = re.compile(rb"ONNX Runtime Web v([0-9][0-9A-Za-z.+-]*)")
 _GET_ORT = (
-    f"get them with `npm install onnxruntime-web@{ORT_WEB_VERSION}` (or `npm ci` in the "
-    f"checkout's web/) and pass --ort-dir node_modules/onnxruntime-web (or set {ORT_DIR_ENV})"
+    f"get them with `npm install onnxruntime-web@{ORT_WEB_VERSION}` (or `make web-deps` "
+    f"in a checkout) and pass --ort-dir node_modules/onnxruntime-web (or set {ORT_DIR_ENV})"
 )
 
 
 def find_ort(ort_dir: Path | str | None = None) -> Path:
     """The folder holding the pinned onnxruntime-web files: `ort_dir` (the npm package or its
-    dist/), else $VAE_ORT_DIR, else the checkout's web/node_modules. A folder given but wrong is
-    an InvalidArgumentError; none found is a DataError saying how to get them."""
+    dist/), else $VAE_ORT_DIR, else the checkout's web/vae_web/node_modules. A folder given but
+    wrong is an InvalidArgumentError; none found is a DataError saying how to get them."""
     given = ort_dir if ort_dir is not None else os.environ.get(ORT_DIR_ENV) or None
     if given is None:
         if not (_CHECKOUT_ORT / ORT_FILES[0]).is_file():
@@ -64,7 +68,7 @@ def find_ort(ort_dir: Path | str | None = None) -> Path:
                 f"vae-web needs the onnxruntime-web {ORT_WEB_VERSION} files {', '.join(ORT_FILES)}"
                 f", which the Python package does not ship; {_GET_ORT}"
             )
-        return _check_ort(_CHECKOUT_ORT, "the checkout's web/node_modules")
+        return _check_ort(_CHECKOUT_ORT, "the checkout's web/vae_web/node_modules")
     folder = check_path("--ort-dir", given)
     if (folder / "dist" / ORT_FILES[0]).is_file():
         folder = folder / "dist"  # the npm package itself was named
@@ -221,38 +225,3 @@ def build_site(
         f"{out}: a site of {len(names)} files ({size / 1e6:.1f} MB) for the {parts} of latent "
         f"size {decoder.latent_dim}; serve it with: python -m http.server -d {out}"
     )
-
-
-_HELP = (
-    "Write a static web page that runs the exported graphs in the browser with onnxruntime-web "
-    "(no server-side Python): a prior grid, one slider per latent dimension, drawing a digit "
-    "(with an encoder), interpolation, and the map of a 2-D latent. Serve the folder with any "
-    "static file server (python -m http.server -d SITE); it loads nothing from the network."
-)
-
-web_app = make_app(_HELP)
-
-
-@web_app.command(cls=VaeCommand, help=_HELP)
-def web(
-    onnx_dir: Path = typer.Option(
-        ..., "--onnx-dir", help="Folder vae-export wrote (decoder.onnx, ...).", show_default=False
-    ),
-    out: Path = typer.Option(Path("site"), "--out", "-o", help="Folder of the site to write."),
-    precision: str = typer.Option(
-        "fp32",
-        "--precision",
-        metavar="|".join(PRECISIONS),
-        help="Which exported graphs to ship (int8: about a quarter of the download).",
-    ),
-    ort_dir: Path | None = typer.Option(
-        None,
-        "--ort-dir",
-        help=f"The onnxruntime-web {ORT_WEB_VERSION} npm package (or its dist/) to copy from "
-        f"(default: ${ORT_DIR_ENV}, else the checkout's web/node_modules).",
-        show_default=False,
-    ),
-    force: bool = typer.Option(False, "--force", "-f", help="Write into an existing folder."),
-) -> None:
-    """Write the static site."""
-    print(build_site(onnx_dir, out, precision=precision, ort_dir=ort_dir, force=force))

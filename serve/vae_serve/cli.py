@@ -1,7 +1,7 @@
-"""`vae-serve`'s command line: it parses options and calls one function, `serve.serve` (uvicorn on
-this machine), `cluster.run` (`--ray`: Ray Serve, here or on a cluster) or
-`cluster.write_serve_config` (`--write-serve-config`: a file for Ray's `serve run`/`serve deploy`).
-Ray is imported only on those two paths."""
+"""`vae-serve`'s command line: it parses options and calls one function, `server.serve` (uvicorn
+on this machine), `ray_serve.run` (`--ray`: Ray Serve, here or on a cluster) or
+`ray_serve.write_serve_config` (`--write-serve-config`: a file for Ray's `serve run`/`serve
+deploy`). Ray is imported only on those two paths."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from pathlib import Path
 
 import typer
 
-from ._cli import VaeCommand, make_app
-from .errors import InvalidArgumentError, check_int
-from .serve import Listen, ServeConfig, serve
+from vae_runtime.console import VaeCommand, make_app
+from vae_runtime.errors import InvalidArgumentError, check_int
+
+from .app import ServeConfig
+from .server import Listen, serve
 
 _HELP = (
     "Serve the exported graphs over HTTP with the Open Inference Protocol (KServe V2 REST, JSON "
@@ -22,10 +24,10 @@ _HELP = (
     "autoscaling, a cluster with --ray-address); needs pip install 'mnist-vae[ray]'."
 )
 
-serve_app = make_app(_HELP)
+app = make_app(_HELP)
 
 
-@serve_app.command(cls=VaeCommand, help=_HELP)
+@app.command(cls=VaeCommand, help=_HELP)
 def serve_command(
     onnx_dir: Path | None = typer.Option(
         None,
@@ -134,9 +136,9 @@ def serve_command(
         return
     if workers != 1:
         raise InvalidArgumentError("with Ray Serve, scale with --num-replicas, not --workers")
-    from . import cluster  # imports ray only when it runs
+    from . import ray_serve  # imports ray only when it runs
 
-    replicas = cluster.Replicas(
+    replicas = ray_serve.Replicas(
         num_replicas,
         min_replicas,
         max_replicas,
@@ -145,7 +147,7 @@ def serve_command(
         num_cpus,
     ).check()
     if write_serve_config is not None:
-        cluster.write_serve_config(write_serve_config, config, replicas, host, port)
+        ray_serve.write_serve_config(write_serve_config, config, replicas, host, port)
         print(
             f"wrote {write_serve_config}; run it with `serve run {write_serve_config}` "
             f"(or `serve deploy {write_serve_config}` on a running cluster)"
@@ -154,4 +156,4 @@ def serve_command(
     # Runs in vae-serve --ray's own process (tests/cluster/test_ray.py starts it for real).
     check_int("port", port, 0, 65535)  # pragma: no cover
     announce = lambda line: print(line, flush=True)  # noqa: E731  # pragma: no cover
-    print(cluster.run(config, replicas, host, port, ray_address, announce))  # pragma: no cover
+    print(ray_serve.run(config, replicas, host, port, ray_address, announce))  # pragma: no cover

@@ -6,28 +6,23 @@ Binary tensor data (Triton's extension, which tritonclient speaks): the body is 
 whose `parameters` carry `binary_data_size`, in the order they are listed. Outputs come back the
 same way when the request asks for them (`binary_data_output`, or `binary_data` per output).
 
-The wire format is pure (bytes and numpy arrays in, bytes out, a RequestError, a 4xx with a
-one-line message, for anything a client got wrong); the endpoints (`routes`) serve any `Model`s
-a `Service` holds. What the models are, and the app around them, is `serve.py`.
+Pure: bytes and numpy arrays in, bytes out, and a RequestError (an HTTP status and a one-line
+message) for anything a client got wrong. No web framework is imported here: `endpoints.py`
+carries these bytes over Starlette, and the gRPC front end could carry the same tensors.
 """
 
 from __future__ import annotations
 
 import math
-import time
 import zlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
-from .errors import EXIT_USAGE, InvalidArgumentError, VaeError, as_array
+from vae_runtime.errors import InvalidArgumentError, as_array
 
 HEADER_LENGTH = "inference-header-content-length"  # the binary extension's HTTP header
 BINARY_SIZE = "binary_data_size"
@@ -63,6 +58,12 @@ class UnsupportedError(RequestError):
     """A body in a Content-Encoding this server does not read."""
 
     status = 415
+
+
+class NotReadyError(RequestError):
+    """The app's lifespan has not loaded the models (yet, or any more)."""
+
+    status = 503
 
 
 @dataclass(frozen=True)
@@ -298,117 +299,7 @@ def encode_response(
     return b"".join([header, *blobs]), len(header)
 
 
-@dataclass(frozen=True)
-class Model:
-    """One served model: its tensors, metadata, the function that runs it, and how many rows
-    a request asks of it (`rows`; default: the first input's batch axis)."""
-
-    name: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    parameters: dict[str, Any]
-    run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
-    platform: str = "onnxruntime_onnx"
-    rows: Callable[[dict[str, np.ndarray]], int] | None = None
-
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "versions": [VERSION],
-            "platform": self.platform,
-            "inputs": [s.to_json() for s in self.inputs],
-            "outputs": [s.to_json() for s in self.outputs],
-            "parameters": self.parameters,
-        }
-
-
-@dataclass(frozen=True)
-class Service:
-    """What the V2 endpoints serve, kept at `app.state.oip` by the app's lifespan: the models
-    by name, the caps, and `observe(model, status, seconds, images)` called per inference."""
-
-    models: dict[str, Model]
-    max_batch: int
-    max_body_bytes: int
-    observe: Callable[[str, int, float, int], None]
-
-
-class NotReadyError(RequestError):
-    """The app's lifespan has not loaded the models (yet, or any more)."""
-
-    status = 503
-
-
-NOT_LOADED = (
-    "not ready: the models are not loaded (the app's lifespan has not run; an ASGI server must "
-    "run it, with lifespan events on)"
-)
-INLINE_ROWS = 64  # batches up to this run on the event loop; larger ones in a worker thread
-
-
-def json_response(content: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(content), status, media_type="application/json")
-
-
-def error_response(exc: VaeError | str, status: int | None = None) -> Response:
-    """The protocol's error form for `exc`: 4xx for the client's mistakes, 500 for ours."""
-    if status is None:
-        assert isinstance(exc, VaeError)
-        status = exc.status if isinstance(exc, RequestError) else 500
-        status = 400 if status == 500 and exc.exit_code == EXIT_USAGE else status
-    return Response(error_body(str(exc)), status, media_type="application/json")
-
-
-def answers(
-    handler: Callable[[Request], Awaitable[Response]],
-) -> Callable[[Request], Awaitable[Response]]:
-    """An endpoint that answers a VaeError in the protocol's error form, one line."""
-
-    async def endpoint(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except VaeError as exc:
-            return error_response(exc)
-
-    return endpoint
-
-
-def _service(request: Request) -> Service:
-    service: Service | None = getattr(request.app.state, "oip", None)
-    if service is None:
-        raise NotReadyError(NOT_LOADED)
-    return service
-
-
-def _model(request: Request) -> Model:
-    models = _service(request).models
-    name = request.path_params["name"]
-    if name not in models:
-        raise NotFoundError(f"unknown model {name!r}; this server has {', '.join(models)}")
-    version = request.path_params.get("version", VERSION)
-    if version != VERSION:
-        raise NotFoundError(f"model {name!r} has no version {version!r} (versions: {VERSION})")
-    return models[name]
-
-
-async def read_body(request: Request, cap: int) -> bytes:
-    """The body, refused with 413 past `cap` bytes before more than `cap` is read, and
-    inflated if it came compressed (tritonclient's request_compression_algorithm)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise TooLargeError(f"the body is {int(declared):,} bytes, above the cap of {cap:,}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise TooLargeError(f"the body is above the cap of {cap:,} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "").strip().lower()
-    return body if encoding in ("", "identity") else _inflate(body, encoding, cap)
-
-
-def _inflate(body: bytes, encoding: str, cap: int) -> bytes:
+def inflate(body: bytes, encoding: str, cap: int) -> bytes:
     """A gzip or deflate (zlib) body, inflated to at most `cap` bytes: a small body that would
     inflate past the cap (a compression bomb) is refused without inflating the rest."""
     wbits = _WBITS.get(encoding)
@@ -424,82 +315,3 @@ def _inflate(body: bytes, encoding: str, cap: int) -> bytes:
     if not inflater.eof:
         raise RequestError(f"the {encoding} body is truncated")
     return data
-
-
-async def _infer(request: Request) -> Response:
-    start = time.perf_counter()
-    service = _service(request)
-    name, code, images = request.path_params["name"], 500, 0
-    try:
-        model = _model(request)
-        body = await read_body(request, service.max_body_bytes)
-        header = request.headers.get(HEADER_LENGTH)
-        parsed = parse_infer(
-            body, header, model.inputs, model.outputs, model=name, max_batch=service.max_batch
-        )
-        rows = model.rows(parsed.inputs) if model.rows else len(next(iter(parsed.inputs.values())))
-        if rows <= INLINE_ROWS:  # less work than a hop to a worker thread and back
-            results = model.run(parsed.inputs)
-        else:  # enough to hold up every other request on the event loop
-            results = await run_in_threadpool(model.run, parsed.inputs)
-        specs = {s.name: s for s in model.outputs}
-        sent = [(specs[n], results[n], binary) for n, binary in parsed.outputs.items()]
-        images = len(next(iter(results.values())))
-        content, length = encode_response(name, parsed.id, sent)
-        code = 200
-        if length is None:
-            return Response(content, media_type="application/json")
-        return Response(
-            content,
-            media_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(length)},
-        )
-    except VaeError as exc:
-        response = error_response(exc)
-        code = response.status_code
-        return response
-    finally:
-        service.observe(name, code, time.perf_counter() - start, images)
-
-
-async def _live(request: Request) -> Response:
-    return json_response({"live": True})  # the process answers; loaded or not is /ready's
-
-
-async def _ready(request: Request) -> Response:
-    _service(request)
-    return json_response({"ready": True})
-
-
-async def _model_metadata(request: Request) -> Response:
-    return json_response(_model(request).metadata())
-
-
-async def _model_ready(request: Request) -> Response:
-    return json_response({"name": _model(request).name, "ready": True})
-
-
-async def _repository_index(request: Request) -> Response:
-    names = _service(request).models
-    return json_response([{"name": n, "version": VERSION, "state": "READY"} for n in names])
-
-
-def routes(server: str, version: str) -> list[Route]:
-    """The V2 REST endpoints (health, server and model metadata, readiness, inference, and
-    Triton's repository index), inference first: the router tries them in order."""
-
-    async def server_metadata(request: Request) -> Response:
-        extensions = ["binary_tensor_data"]
-        return json_response({"name": server, "version": version, "extensions": extensions})
-
-    model = "/v2/models/{name}"
-    versioned = model + "/versions/{version}"
-    return [
-        *(Route(p + "/infer", answers(_infer), methods=["POST"]) for p in (model, versioned)),
-        Route("/v2/health/live", _live),
-        Route("/v2/health/ready", answers(_ready)),
-        Route("/v2", server_metadata),
-        Route("/v2/repository/index", answers(_repository_index), methods=["POST"]),
-        *(Route(p, answers(_model_metadata)) for p in (model, versioned)),
-        *(Route(p + "/ready", answers(_model_ready)) for p in (model, versioned)),
-    ]

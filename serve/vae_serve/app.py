@@ -1,0 +1,235 @@
+"""The service as an ASGI app: its settings (`ServeConfig`), its metrics and `create_app`.
+
+`create_app(ServeConfig(...))` returns a Starlette app that any ASGI host can run unchanged
+(uvicorn in `server.py`, Ray Serve's `serve.ingress` in `ray_serve.py`): its lifespan loads the
+graphs (`models.load_models`: the runtime's contract and manifest SHA-256 checks), builds the
+app's own Prometheus registry, and drops both at shutdown, all in one `State`. Nothing lives in
+module globals; the settings are plain data (they pickle, and travel to uvicorn's worker
+processes as JSON).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+
+from vae_runtime import __version__
+from vae_runtime.contract import PRECISIONS
+from vae_runtime.errors import InvalidArgumentError, check_int
+from vae_runtime.sampling import MAX_BATCH_SIZE
+from vae_runtime.session import session_options
+
+from .endpoints import http_error, routes
+from .models import Models, load_models
+
+SERVER_NAME = "mnist-vae"
+CONFIG_ENV = "VAE_SERVE_CONFIG"  # the settings as JSON, for uvicorn's worker processes
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Where the graphs are and the service's caps: plain data, checked by `check()`.
+
+    `onnx_dir`: an export folder (every graph its manifest.json lists is served), or `decoder`
+    (and optionally `encoder`) paths. `precision`: which graphs of `onnx_dir` get the plain names
+    `decoder`/`encoder`. Caps: `max_batch` rows per request (also the sampler's count),
+    `max_body_bytes` per request body, `max_grid` images in one /samples.png. `cors_origins`:
+    browser origins allowed to call the service (none: CORS off)."""
+
+    onnx_dir: Path | None = None
+    decoder: Path | None = None
+    encoder: Path | None = None
+    precision: str = "fp32"
+    threads: int | None = 1  # per graph run: requests run side by side, workers scale out
+    providers: tuple[str, ...] = ()
+    max_batch: int = 1024
+    max_body_bytes: int = 16 << 20
+    max_grid: int = 1024
+    cors_origins: tuple[str, ...] = ()
+
+    def check(self) -> ServeConfig:
+        """Raise InvalidArgumentError for a bad value or combination; return self."""
+        if (self.onnx_dir is None) == (self.decoder is None):
+            raise InvalidArgumentError("give either --onnx-dir or --decoder (and --encoder)")
+        if self.encoder is not None and self.decoder is None:
+            raise InvalidArgumentError("--encoder goes with --decoder (or use --onnx-dir)")
+        if self.precision not in PRECISIONS:
+            raise InvalidArgumentError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+        if self.precision != "fp32" and self.onnx_dir is None:
+            raise InvalidArgumentError("--precision picks among the graphs of an --onnx-dir")
+        check_int("max batch", self.max_batch, 1, MAX_BATCH_SIZE)
+        check_int("max body bytes", self.max_body_bytes, 1024, 1 << 31)
+        check_int("max grid", self.max_grid, 1, 1 << 16)
+        session_options(self.threads)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON values (paths as strings, tuples as lists)."""
+        return {
+            k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+            for k, v in vars(self).items()
+        }
+
+    def to_json(self) -> str:
+        """The settings as a JSON object (what uvicorn's worker processes are given)."""
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ServeConfig:
+        """Settings from plain values: `to_dict`'s output, a Serve config file's `args`, or
+        `serve run ... key=value` strings (numbers as text, lists comma-separated). Checked:
+        an unknown name or a bad value is an InvalidArgumentError."""
+        unknown = sorted(set(values) - set(_KINDS))
+        if unknown:
+            raise InvalidArgumentError(
+                f"unknown setting {unknown[0]!r}; the service takes {', '.join(_KINDS)}"
+            )
+        fields: dict[str, Any] = {}
+        for key, value in values.items():
+            try:
+                fields[key] = None if value is None else _KINDS[key](value)
+            except (TypeError, ValueError):
+                raise InvalidArgumentError(f"setting {key}: {value!r:.60} is not valid") from None
+        return cls(**fields).check()
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeConfig:
+        """The settings `to_json` wrote."""
+        return cls.from_dict(json.loads(text))
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not all(isinstance(item, str) for item in items):
+        raise TypeError("not a list of strings")
+    return tuple(item for item in items if item)
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool | float):
+        raise TypeError("not an integer")
+    return int(value)
+
+
+# How each setting is read from plain values: the one list of the service's settings.
+_KINDS: dict[str, Callable[[Any], Any]] = {
+    "onnx_dir": Path,
+    "decoder": Path,
+    "encoder": Path,
+    "precision": str,
+    "threads": _integer,
+    "providers": _strings,
+    "max_batch": _integer,
+    "max_body_bytes": _integer,
+    "max_grid": _integer,
+    "cors_origins": _strings,
+}
+
+
+class Metrics:
+    """The app's own Prometheus registry: requests by model and status, latency by model."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "vae_serve_requests",
+            "Inference and /samples.png requests answered, by model and HTTP status.",
+            ["model", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "vae_serve_request_seconds",
+            "Time from the request's arrival to its response, by model.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.images = Counter(
+            "vae_serve_images",
+            "Images decoded or encoded, by model.",
+            ["model"],
+            registry=self.registry,
+        )
+        # Each model's series, looked up once (labels() takes a lock and builds a key); each
+        # known model shows from the start, at zero; any other name counts as "unknown", so
+        # that clients cannot grow the label set.
+        self._series = {
+            name: (self.latency.labels(name), self.images.labels(name))
+            for name in [*names, "unknown"]
+        }
+        self._counts: dict[tuple[str, int], Any] = {}
+
+    def observe(self, model: str, code: int, seconds: float, images: int) -> None:
+        label = model if model in self._series else "unknown"
+        latency, count = self._series[label]
+        requests = self._counts.get((label, code))
+        if requests is None:  # status codes are few: a series for each that happened
+            requests = self._counts[label, code] = self.requests.labels(label, str(code))
+        requests.inc()
+        latency.observe(seconds)
+        if images:
+            count.inc(images)
+
+
+@dataclass(frozen=True)
+class State:
+    """What the lifespan made, at `app.state.vae`: the settings, the loaded models and the
+    app's metrics (gone again after shutdown)."""
+
+    config: ServeConfig
+    models: Models
+    metrics: Metrics
+
+
+def create_app(config: ServeConfig, models: Models | None = None) -> Starlette:
+    """The service as a Starlette app. Its lifespan loads the graphs `config` names (unless
+    `models` were loaded already, as `vae-serve` does to refuse bad graphs before binding) and
+    builds the app's Prometheus registry; shutdown lets them go."""
+    config.check()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        loaded = models if models is not None else load_models(config)
+        app.state.vae = State(config, loaded, Metrics([*loaded.models, "samples.png"]))
+        try:
+            yield
+        finally:
+            del app.state.vae  # the sessions go with it
+
+    middleware = []
+    if config.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(config.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Content-Type", "Inference-Header-Content-Length"],
+                expose_headers=["Inference-Header-Content-Length"],
+            )
+        )
+    return Starlette(
+        routes=routes(SERVER_NAME, __version__),
+        middleware=middleware,
+        exception_handlers={HTTPException: http_error},
+        lifespan=lifespan,
+    )
+
+
+def worker_app() -> Starlette:
+    """The app of one uvicorn worker process (`--workers`): the settings come as JSON in
+    VAE_SERVE_CONFIG, which `vae-serve` sets before uvicorn starts the workers."""
+    return create_app(ServeConfig.from_json(os.environ[CONFIG_ENV]))

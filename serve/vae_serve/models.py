@@ -1,0 +1,179 @@
+"""What the service serves: the export's graphs as Open Inference Protocol models.
+
+Every graph the export folder's manifest lists becomes a model named by the contract's
+`served_name` (the chosen precision's pair as `decoder` and `encoder`, the others as
+`decoder_int8`, `encoder_fp16`, ...), its tensors described by the contract's declarations; and
+`sampler` (seed, count, temperature in; the images `vae-generate` draws out). Each model runs
+through the runtime's `Decoder`/`Encoder`, so the service checks and computes exactly what the
+commands do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vae_runtime.contract import (
+    DECODER_OUTPUT,
+    IMAGE_SHAPE,
+    MANIFEST_FILE,
+    Manifest,
+    graph_file,
+    listed_graphs,
+    served_name,
+)
+from vae_runtime.errors import ModelFileError, check_int
+from vae_runtime.sampling import check_sampling
+from vae_runtime.session import Decoder, Encoder, check_pair
+
+from .codec import VERSION, TensorSpec
+
+if TYPE_CHECKING:
+    from .app import ServeConfig
+
+SAMPLER = "sampler"
+
+
+@dataclass(frozen=True)
+class Model:
+    """One served model: its tensors, metadata, the function that runs it, and how many rows
+    a request asks of it (`rows`; default: the first input's batch axis)."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    parameters: dict[str, Any]
+    run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+    platform: str = "onnxruntime_onnx"
+    rows: Callable[[dict[str, np.ndarray]], int] | None = None
+
+    def metadata(self) -> dict[str, Any]:
+        """The protocol's model metadata response."""
+        return {
+            "name": self.name,
+            "versions": [VERSION],
+            "platform": self.platform,
+            "inputs": [s.to_json() for s in self.inputs],
+            "outputs": [s.to_json() for s in self.outputs],
+            "parameters": self.parameters,
+        }
+
+
+@dataclass(frozen=True)
+class Models:
+    """The loaded models by served name; `grid` is the decoder behind `sampler` and
+    /samples.png."""
+
+    models: dict[str, Model]
+    grid: Decoder
+
+
+def _parameters(graph: Decoder | Encoder) -> dict[str, Any]:
+    info, entry = graph.info, graph.entry
+    params: dict[str, Any] = {
+        "role": info.role,
+        "latent_dim": info.latent_dim,
+        "precision": graph.precision,
+        "file": graph.path.name,
+        "producer_version": info.producer_version,
+        "source": info.source,
+        "training": info.training,
+    }
+    if entry is not None:
+        params["sha256"] = entry.sha256
+        if entry.quality:
+            params["quality"] = entry.quality
+    return params
+
+
+def graph_model(name: str, graph: Decoder | Encoder) -> Model:
+    """A graph as a model: the contract's declared inputs and outputs, batch axis -1."""
+    interface, latent = graph.interface, graph.latent_dim
+    inputs = tuple(TensorSpec(t.name, "FP32", (-1, *t.shape(latent))) for t in interface.inputs)
+    outputs = tuple(TensorSpec(t.name, "FP32", (-1, *t.shape(latent))) for t in interface.outputs)
+    names = [t.name for t in interface.outputs]
+
+    if isinstance(graph, Decoder):
+
+        def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {names[0]: graph.decode(feed[inputs[0].name])}
+
+    else:
+
+        def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return dict(zip(names, graph.encode(feed[inputs[0].name]), strict=True))
+
+    return Model(name, inputs, outputs, _parameters(graph), run)
+
+
+def sampler_model(decoder: Decoder, max_batch: int) -> Model:
+    """`sampler`: seed, count and temperature in, `count` images drawn as vae-generate draws."""
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        seed, count = int(inputs["seed"][0]), int(inputs["count"][0])
+        temperature = float(inputs["temperature"][0]) if "temperature" in inputs else 1.0
+        check_sampling(count, seed, temperature)
+        check_int("count", count, 1, max_batch)
+        return {DECODER_OUTPUT: decoder.sample(count, seed, temperature)}
+
+    params = {**_parameters(decoder), "draws": "numpy default_rng(seed), as vae-generate"}
+    return Model(
+        SAMPLER,
+        (
+            TensorSpec("seed", "INT64", (1,)),
+            TensorSpec("count", "INT64", (1,)),
+            TensorSpec("temperature", "FP64", (1,), optional=True),
+        ),
+        (TensorSpec(DECODER_OUTPUT, "FP32", (-1, *IMAGE_SHAPE)),),
+        params,
+        run,
+        platform="mnist-vae_sampler",
+        rows=lambda inputs: int(inputs["count"][0]),
+    )
+
+
+def export_manifest(onnx_dir: Path) -> Manifest:
+    """The manifest of an export folder, checked (ModelFileError when there is none)."""
+    path = Path(onnx_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise ModelFileError(
+            f"{onnx_dir}: no {MANIFEST_FILE}; give the folder vae-export wrote, or "
+            "name the graphs with --decoder/--encoder"
+        )
+    return Manifest.load(path)
+
+
+def load_models(config: ServeConfig) -> Models:
+    """Load every graph `config` names, checked as the runtime checks them (ModelFileError)."""
+    config.check()
+    threads, providers = config.threads, config.providers or None
+    graphs: dict[str, Decoder | Encoder] = {}
+    if config.onnx_dir is not None:
+        manifest = export_manifest(config.onnx_dir)
+        for role, precision, file in listed_graphs(manifest.files):
+            kind = Decoder if role == "decoder" else Encoder
+            graphs[served_name(role, precision, config.precision)] = kind.load(
+                Path(config.onnx_dir) / file, threads=threads, providers=providers
+            )
+        if "decoder" not in graphs:
+            raise ModelFileError(
+                f"{manifest.path} lists no {config.precision} decoder "
+                f"({graph_file('decoder', config.precision)}); choose another --precision"
+            )
+    else:
+        assert config.decoder is not None  # check() saw to it
+        graphs["decoder"] = Decoder.load(config.decoder, threads=threads, providers=providers)
+        if config.encoder is not None:
+            graphs["encoder"] = Encoder.load(config.encoder, threads=threads, providers=providers)
+    decoder = graphs["decoder"]
+    assert isinstance(decoder, Decoder)
+    encoder = graphs.get("encoder")
+    if isinstance(encoder, Encoder):
+        check_pair(encoder, decoder)
+    models = {name: graph_model(name, graph) for name, graph in graphs.items()}
+    models[SAMPLER] = sampler_model(decoder, config.max_batch)
+    return Models(models, decoder)
