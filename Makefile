@@ -7,37 +7,54 @@ BIN := $(VENV)/bin
 OUT ?= out
 TORCH ?= torch==2.13.0
 
-.PHONY: install test lint demo bench clean web-deps
+.PHONY: install test lint demo bench clean web-deps web-deps-if-possible
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+PIP := $(BIN)/python -m pip install --disable-pip-version-check --progress-bar off
+
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[train,serve,ray,dev]'
+	@echo "== install 1/2: $(TORCH), the CPU build (first time: ~1 min)"
+	$(PIP) $(TORCH)
+	@echo "== install 2/2: mnist-vae and its extras (first time: ~2 min, ~600 MB with Ray)"
+	$(PIP) -e '.[train,serve,ray,dev]'
+	$(BIN)/python -c "import torch, vae_runtime, vae_train, vae_export, vae_serve, vae_web"
 	touch $@
 
 install: $(VENV)/.installed
 
-# Debian's Chromium and the pinned onnxruntime-web, for vae-web's browser tests (they skip,
-# saying so, where Chromium is absent; CI runs this first and requires them).
+# Debian's Chromium and the pinned onnxruntime-web, for vae-web's browser tests. `make test`
+# installs them where it can (root with apt for Chromium; npm ci for onnxruntime-web); where it
+# cannot, the browser tests skip with one line saying so. CI requires them.
 web-deps:
 	bash .ci/web-deps
 
+web-deps-if-possible:
+	@bash .ci/web-deps || echo "== web-deps: not installed here; the browser tests will skip (make web-deps as root installs them)"
+
 lint: install
+	@echo "== lint: ruff, mypy, import contracts (lint-imports), dependencies (deptry)"
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/deptry .
 
 # Two workers, a test file each at a time: much of the suite waits on commands it runs.
-test: lint
+test: lint web-deps-if-possible
+	@echo "== tests: two workers"
 	$(BIN)/pytest -n 2 --dist loadfile --cov=vae_runtime --cov-report=term-missing:skip-covered
 
+# The three commands as README runs them, each announced; --force: a second `make demo` replaces
+# the first one's files.
 demo: install
-	mkdir -p $(OUT)
+	@echo "== demo 1/3: vae-train (10 epochs; a line per epoch)"
 	$(BIN)/vae-train --out $(OUT) --force
+	@echo "== demo 2/3: vae-export"
 	$(BIN)/vae-export $(OUT)/model.pt --force
-	$(BIN)/vae-generate --onnx $(OUT)/decoder.onnx --out $(OUT)/generated.png
+	@echo "== demo 3/3: vae-generate (torch-free)"
+	$(BIN)/vae-generate --onnx $(OUT)/decoder.onnx --out $(OUT)/generated.png --force
 	@echo "wrote $(OUT)/model.pt, $(OUT)/encoder.onnx, $(OUT)/decoder.onnx, $(OUT)/generated.png"
 
 bench: install
