@@ -13,7 +13,9 @@ from helpers import render_digits, write_mnist_dir
 REAL_DATA_ENV = "VAE_DATA_DIR"
 # Under CI every test must run: a skip there (no real data, no torch, no browser, no Ray, a
 # missing vae-export option) hides a missing feature or install step, so it fails instead.
-NO_SKIPS = os.environ.get("CI", "").lower() in ("1", "true") or os.environ.get("VAE_NO_SKIPS") == "1"
+NO_SKIPS = (
+    os.environ.get("CI", "").lower() in ("1", "true") or os.environ.get("VAE_NO_SKIPS") == "1"
+)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -33,11 +33,14 @@ from vae_runtime.fileio import write_file
 
 from .app import ServeConfig, create_app
 from .models import Models, export_manifest, load_models
+from .server import base_url
 
 APP_NAME = "mnist-vae"  # the Serve application and its one deployment
 IMPORT_PATH = f"{__name__}:app_builder"
 INSTALL_HINT = "install the ray extra: pip install 'mnist-vae[ray]'"
 REPLICA_ACTOR_PREFIX = "SERVE_REPLICA"  # Ray Serve's names of replica actors
+# Each response of a replica names it: Ray Serve's replica id, the end of its actor's name.
+REPLICA_HEADER = "x-vae-replica"
 
 
 def ray_modules() -> tuple[Any, Any]:
@@ -178,9 +181,28 @@ def application(bundle: Bundle, replicas: Replicas, name: str = APP_NAME) -> Any
     options = replicas.options()
 
     def build() -> Starlette:  # pragma: no cover  (runs in each replica: tests/cluster/test_ray.py)
-        return bundle.app()
+        app = bundle.app()
+        replica = serve.get_replica_context().replica_tag
+        app.add_middleware(_ReplicaHeader, value=replica.encode())
+        return app
 
     return serve.deployment(serve.ingress(build)(), name=name, **options).bind()
+
+
+class _ReplicaHeader:  # pragma: no cover  (runs in each replica)
+    """ASGI middleware: REPLICA_HEADER on every HTTP response, so a client (and the replica-kill
+    test) can tell which replica answered."""
+
+    def __init__(self, app: Any, value: bytes) -> None:
+        self.app, self.header = app, (REPLICA_HEADER.encode(), value)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def named(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, named if scope["type"] == "http" else send)
 
 
 def config_from_args(args: Mapping[str, Any]) -> ServeConfig:
@@ -264,7 +286,7 @@ def run(  # pragma: no cover
         serve.start(http_options={"host": host, "port": port})
         serve.run(application(bundle, replicas), name=APP_NAME, route_prefix="/")
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        url = base_url(host, port)
         announce(
             f"serving {', '.join(bundle.models)} at {url} on Ray Serve "
             f"({_scaling(replicas)}, {where}, ready in {time.perf_counter() - started:.0f} s)"

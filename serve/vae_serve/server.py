@@ -45,8 +45,8 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
+def base_url(host: str, port: int) -> str:
+    """http://host:port, an IPv6 address in brackets."""
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
@@ -83,8 +83,9 @@ def serve(config: ServeConfig, listen: Listen, announce: Callable[[str], None]) 
     listen.check()
     models = load_models(config)
     sock = _listen(listen.host, listen.port)
+    url = base_url(*sock.getsockname()[:2])
     announce(
-        f"serving {', '.join(models.models)} at {_url(sock)} (V2: /v2/models/<name>/infer; "
+        f"serving {', '.join(models.models)} at {url} (V2: /v2/models/<name>/infer; "
         "/samples.png; /metrics)"
     )
     return _run_uvicorn(config, listen, models, sock)  # pragma: no cover  (see _run_uvicorn)
