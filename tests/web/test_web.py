@@ -23,9 +23,9 @@ import pytest
 from helpers import expect_error, tree
 from runtime_graphs import build_decoder, build_encoder
 from typer.testing import CliRunner
-from web_support import LATENT, PageWatch, serve
+from web_support import LATENT, REAL_MODEL, PageWatch, fake_ort, serve
 
-from vae_runtime.contract import MANIFEST_FILE
+from vae_runtime.contract import BATCH_AXIS, INTERFACES, MANIFEST_FILE
 from vae_runtime.idx import read_idx
 from vae_runtime.inputs import fit_mnist
 from vae_runtime.sampling import interpolate, manifold_latents
@@ -71,10 +71,30 @@ def test_writes_the_site(web_graphs: dict[str, Path], tmp_path: Path) -> None:
     assert config["encoder"]["file"] == "encoder.onnx" and config["manifold"] is None
     card = dict(config["card"])
     assert card["latent size"] == "20" and card["onnxruntime-web"] == web.ORT_WEB_VERSION
-    # Nothing in the page names another host: it loads from its own folder only.
+    # Each graph's tensors as the page reads them: the contract's, and the graph's own.
+    for role in ("decoder", "encoder"):
+        entry, graph = config[role], onnx.load(tmp_path / "site" / f"{role}.onnx").graph
+        for key, declared, found in (
+            ("inputs", INTERFACES[role].inputs, graph.input),
+            ("outputs", INTERFACES[role].outputs, graph.output),
+        ):
+            assert (
+                [t["name"] for t in entry[key]]
+                == [t.name for t in declared]
+                == [t.name for t in found]
+            )
+            for t, decl in zip(entry[key], declared, strict=True):
+                assert t["shape"] == [BATCH_AXIS, *decl.shape(LATENT)]
+    assert config["decoder"]["inputs"][0]["shape"] == [BATCH_AXIS, LATENT]
+    assert config["encoder"]["inputs"][0]["shape"] == [BATCH_AXIS, 1, 28, 28]
+    # Nothing in the page names another host: it loads from its own folder only. Nor does it
+    # name a tensor: model.json says what the graphs take and give.
+    tensors = {t.name for i in INTERFACES.values() for t in (*i.inputs, *i.outputs)}
     for name in ("index.html", "app.js", "worker.js", "maths.js", "style.css"):
         text = (tmp_path / "site" / name).read_text()
         assert not re.search(r"https?://(?!127\.0\.0\.1:8000/)|//cdn", text), name
+        quoted = [t for t in tensors if re.search(rf"""['"`.]{t}['"`]""", text)]
+        assert quoted == [], (name, quoted)
 
 
 def test_card_from_a_real_manifest(web_graphs: dict[str, Path], tmp_path: Path) -> None:
@@ -206,9 +226,12 @@ def test_onnxruntime_web_files(
     web_graphs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--ort-dir (the npm package or its dist/), $VAE_ORT_DIR, the checkout default; a wrong or
-    missing folder and another version are refused before anything is written."""
-    dist = web.find_ort()
-    assert dist == web._CHECKOUT_ORT
+    missing folder and another version are refused before anything is written. (Stand-ins of
+    the npm package: the lookup reads the files' names and version banner only.)"""
+    monkeypatch.delenv(web.ORT_DIR_ENV)
+    dist = fake_ort(tmp_path / "node_modules" / "onnxruntime-web" / "dist")
+    monkeypatch.setattr(web, "_CHECKOUT_ORT", dist)
+    assert web.find_ort() == dist
     assert web.find_ort(dist.parent) == dist  # the package folder itself
     monkeypatch.setenv(web.ORT_DIR_ENV, str(dist))
     assert web.find_ort() == dist
@@ -218,8 +241,7 @@ def test_onnxruntime_web_files(
     out = tmp_path / "site"
     args = ["--onnx-dir", web_graphs["pair"], "--out", out, "--ort-dir", other]
     expect_error(run(args), 2, r"no ort\.wasm\.min\.js in .*npm install onnxruntime-web@1\.30\.0")
-    for name in web.ORT_FILES:
-        (other / name).write_bytes(b"/*!\n * ONNX Runtime Web v1.29.1\n */")
+    fake_ort(other, "1.29.1")
     expect_error(run(args), 2, r"onnxruntime-web 1\.29\.1 in .* tested with 1\.30\.0")
     monkeypatch.setattr(web, "_CHECKOUT_ORT", tmp_path / "none")
     expect_error(run(args[:4]), 1, r"does not ship; get them with `npm install")
@@ -281,6 +303,47 @@ def test_pixels_match_onnxruntime(
         assert watch.problems == [] and watch.external == []
     with capsys.disabled():
         print(f"\n  page vs onnxruntime ({threads} thread(s), {kind} digits): {worst}")
+    assert max(worst.values()) <= TOLERANCE, worst
+
+
+def test_a_real_export_in_the_page(
+    browser: Any,  # first: without one the test skips before it trains a model
+    real_export: Path,
+    tmp_path: Path,
+    open_page: Callable[..., PageWatch],
+    make_digits: Callable[..., Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The graphs of a real vae-train + vae-export (not hand-built; latent size 6): the page's
+    decoded images and its encoder's outputs equal Decoder.decode / Encoder.encode in Python
+    within 1e-5, the sizes and names all from model.json."""
+    web.build_site(real_export, tmp_path / "site")
+    decoder = Decoder.load(real_export / "decoder.onnx")
+    encoder = Encoder.load(real_export / "encoder.onnx")
+    latent = REAL_MODEL["latent_dim"]
+    assert decoder.latent_dim == latent
+    rng = np.random.default_rng(11)
+    with serve(tmp_path / "site", isolate=False) as url:
+        watch = open_page()
+        assert watch.open(url) == "ready", watch.page.inner_text("#error")
+        page = watch.page
+        worst = {}
+        for n in (1, 25):
+            z = rng.standard_normal((n, latent)).astype(np.float32) * 2
+            got = np.float32(page_call(page, "decode", z.ravel().tolist(), n))
+            worst[f"decode batch {n}"] = float(np.abs(got - decoder.decode(z).ravel()).max())
+        z = np.float32(page_call(page, "priorSamples", 9, 5, 1.0)).reshape(9, latent)
+        got = np.float32(page_call(page, "decode", z.ravel().tolist(), 9))
+        worst["decode prior samples"] = float(np.abs(got - decoder.decode(z).ravel()).max())
+        digits = make_digits(16, 5)[0]
+        x = (digits.astype(np.float32) / np.float32(255)).ravel().tolist()
+        enc = page_call(page, "encode", x, len(digits))
+        assert list(enc) == [t.name for t in INTERFACES["encoder"].outputs]  # mu, logvar
+        for name, want in zip(enc, encoder.encode(digits), strict=True):
+            worst[name] = float(np.abs(np.float32(enc[name]) - want.ravel()).max())
+        assert watch.problems == [] and watch.external == []
+    with capsys.disabled():
+        print(f"\n  page vs onnxruntime, a real export (latent {latent}): {worst}")
     assert max(worst.values()) <= TOLERANCE, worst
 
 
@@ -408,11 +471,14 @@ def test_int8_decoder_only_and_2d_pages(
         assert watch.problems == [] and watch.external == []
 
 
-@pytest.mark.parametrize("case", ["tampered", "unloadable", "missing", "no-wasm"])
+@pytest.mark.parametrize(
+    "case", ["tampered", "unloadable", "missing", "renamed", "old-site", "no-wasm"]
+)
 def test_failures_show_a_message(
     case: str, sites: dict[str, Path], tmp_path: Path, open_page: Callable[..., PageWatch]
 ) -> None:
-    """A graph changed after the build, one onnxruntime-web cannot load, one missing, and a
+    """A graph changed after the build, one onnxruntime-web cannot load, one missing, one whose
+    tensors are not the ones model.json declares, a model.json of another version, and a
     browser without WebAssembly: a readable message on the page, never a blank page."""
     site = tmp_path / "site"
     shutil.copytree(sites["decoder_only"], site)
@@ -432,6 +498,16 @@ def test_failures_show_a_message(
         graph.unlink()
         message = r"decoder\.onnx: HTTP 404 .* write it again with vae-web"
         expected = ["HTTP 404: ", "console error: Failed to load resource"]
+    elif case == "renamed":
+        config = json.loads((site / web.CONFIG_FILE).read_text())
+        config["decoder"]["inputs"][0]["name"] = "latent"
+        (site / web.CONFIG_FILE).write_text(json.dumps(config))
+        message = r"decoder\.onnx: the graph has z -> image, model\.json declares latent -> image"
+    elif case == "old-site":
+        config = json.loads((site / web.CONFIG_FILE).read_text())
+        config["format_version"] = 1
+        (site / web.CONFIG_FILE).write_text(json.dumps(config))
+        message = r"model\.json is mnist-vae/site version 1, .* write the site again"
     else:
         init = "delete window.WebAssembly"
         message = "This browser has no WebAssembly"

@@ -4,7 +4,8 @@
 (`Decoder.load`/`Encoder.load`: metadata, names, shapes, the manifest's SHA-256, the pair's
 latent size), then writes, as one set through `fileio.Outputs`: the page (`site/` beside this
 module), `model.json` (what the page needs to know: latent size, precision, the graphs' files and
-checksums, the model card), the graphs and `manifest.json` as the export wrote them, and the
+checksums, each graph's inputs and outputs as `contract.INTERFACES` declares them, the model
+card), the graphs and `manifest.json` as the export wrote them, and the
 three onnxruntime-web files of the pinned version with their licence. The page loads nothing
 from anywhere but its own folder.
 
@@ -25,7 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from vae_runtime import __version__
-from vae_runtime.contract import MANIFEST_FILE, PRECISIONS, Manifest, graph_file
+from vae_runtime.contract import (
+    BATCH_AXIS,
+    INTERFACES,
+    MANIFEST_FILE,
+    PRECISIONS,
+    Manifest,
+    TensorDecl,
+    graph_file,
+)
 from vae_runtime.errors import (
     DataError,
     InvalidArgumentError,
@@ -46,6 +55,7 @@ ORT_DIR_ENV = "VAE_ORT_DIR"
 PAGE_FILES = ("index.html", "style.css", "maths.js", "app.js", "worker.js", ORT_LICENSE)
 CONFIG_FILE = "model.json"
 SITE_FORMAT = "mnist-vae/site"
+SITE_FORMAT_VERSION = 2  # 2: each graph's entry declares its inputs and outputs (app.js checks it)
 MANIFOLD_SIDE = 15  # cells per side of the 2-D latent map
 SITE_DIR = Path(__file__).parent / "site"
 # What `npm ci` in this folder installs (a checkout, or an editable install of one).
@@ -93,12 +103,29 @@ def _check_ort(folder: Path, named: str) -> Path:
     return folder
 
 
+def interface(role: str, latent_dim: int) -> dict[str, Any]:
+    """What the page feeds a `role` graph and reads from it, from `contract.INTERFACES`: the
+    dtype, and each input and output in declared order as {name, shape}, the shape starting
+    with BATCH_AXIS (the page puts its batch size there). The page names no tensor itself."""
+    declared = INTERFACES[role]
+
+    def tensors(decls: tuple[TensorDecl, ...]) -> list[dict[str, Any]]:
+        return [{"name": t.name, "shape": [BATCH_AXIS, *t.shape(latent_dim)]} for t in decls]
+
+    return {
+        "dtype": declared.dtype,
+        "inputs": tensors(declared.inputs),
+        "outputs": tensors(declared.outputs),
+    }
+
+
 def _graph_entry(graph: Decoder | Encoder, data: bytes) -> dict[str, Any]:
     return {
         "file": graph.path.name,
         "sha256": hashlib.sha256(data).hexdigest(),
         "bytes": len(data),
         "precision": graph.precision,
+        **interface(graph.role, graph.latent_dim),
     }
 
 
@@ -190,7 +217,7 @@ def build_site(
         manifest = Manifest.beside(decoder_path)
         config: dict[str, Any] = {
             "format": SITE_FORMAT,
-            "format_version": 1,
+            "format_version": SITE_FORMAT_VERSION,
             "latent_dim": decoder.latent_dim,
             "precision": decoder.precision,
             "ort_web": ORT_WEB_VERSION,

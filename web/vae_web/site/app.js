@@ -7,6 +7,7 @@
   const PIXELS = SIDE * SIDE;
   const MAX_SLIDERS = 32;
   const SLIDER_RANGE = 3; // standard deviations of the prior
+  const SITE_FORMAT_VERSION = 2; // vae_web.build's: model.json declares each graph's tensors
   const $ = (id) => document.getElementById(id);
   const base = new URL('./', location.href).href;
 
@@ -197,7 +198,7 @@
     lastInput = VaeMaths.fitMnist(grey, pad.width, pad.height);
     drawOne($('fitted'), lastInput);
     const x = Float32Array.from(lastInput, (v) => v / 255); // as the runtime's uint8 / 255
-    const { mu } = await encode(x, 1);
+    const [mu] = await encode(x, 1); // the first output: the posterior mean
     lastRecon = await decode(mu, 1);
     drawOne($('recon'), lastRecon);
     setCurrent(mu);
@@ -344,6 +345,12 @@
     }
     if (!response.ok) throw new Error(`model.json: HTTP ${response.status}; the site folder is incomplete: write it again with vae-web`);
     config = await response.json();
+    if (config.format !== 'mnist-vae/site' || config.format_version !== SITE_FORMAT_VERSION) {
+      throw new Error(
+        `model.json is ${config.format} version ${config.format_version}, this page reads mnist-vae/site ` +
+          `version ${SITE_FORMAT_VERSION}: write the site again with vae-web`,
+      );
+    }
     latentDim = config.latent_dim;
     current = new Float32Array(latentDim);
     renderCard();
@@ -380,9 +387,10 @@
   // For tests and benchmarks (tests/web, bench/web_speed.py): the page's own functions.
   window.vaeTest = {
     decode: async (z, n) => Array.from(await decode(z, n)),
+    // {output name: values}, the names as model.json declares them
     encode: async (x, n) => {
-      const { mu, logvar } = await encode(x, n);
-      return { mu: Array.from(mu), logvar: Array.from(logvar) };
+      const outputs = await encode(x, n);
+      return Object.fromEntries(config.encoder.outputs.map((t, i) => [t.name, Array.from(outputs[i])]));
     },
     fitMnist: (grey, w, h) => Array.from(VaeMaths.fitMnist(Uint8Array.from(grey), w, h)),
     interpolate: (a, b, steps, method) => Array.from(VaeMaths.interpolate(a, b, steps, method)),

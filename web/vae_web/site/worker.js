@@ -34,8 +34,8 @@ async function dispatch(request) {
       return [images, [images.buffer]];
     }
     case 'encode': {
-      const result = await encode(request.x, request.n);
-      return [result, [result.mu.buffer, result.logvar.buffer]];
+      const outputs = await encode(request.x, request.n);
+      return [outputs, outputs.map((o) => o.buffer)];
     }
     case 'bench':
       return [await bench(request.runs, request.batch), []];
@@ -87,31 +87,53 @@ async function load(base, entry, role) {
         'after vae-web wrote the site: write it again',
     );
   }
+  let session;
   try {
-    return await ort.InferenceSession.create(bytes, {
+    session = await ort.InferenceSession.create(bytes, {
       executionProviders: ['wasm'],
       graphOptimizationLevel: 'all',
     });
   } catch (err) {
     throw new Error(`${entry.file}: onnxruntime-web cannot load this ${role} graph (${err.message || err})`);
   }
+  // model.json's declarations (vae_runtime.contract's, written by vae-web) are what the page
+  // feeds and reads: the graph must have exactly those tensors.
+  const names = (tensors) => tensors.map((t) => t.name).join(', ');
+  const declared = `${names(entry.inputs)} -> ${names(entry.outputs)}`;
+  const found = `${session.inputNames.join(', ')} -> ${session.outputNames.join(', ')}`;
+  if (declared !== found) {
+    throw new Error(`${entry.file}: the graph has ${found}, model.json declares ${declared}: write the site again with vae-web`);
+  }
+  return { session, entry };
+}
+
+// A declared shape with the batch axis (a name) set to `n`.
+const shapeOf = (tensor, n) => tensor.shape.map((d) => (typeof d === 'string' ? n : d));
+
+// Runs `graph` on one Float32Array per declared input (batch `n`); one Float32Array per
+// declared output, in declared order.
+async function run(graph, arrays, n) {
+  const feeds = {};
+  graph.entry.inputs.forEach((t, i) => {
+    feeds[t.name] = new ort.Tensor(graph.entry.dtype, arrays[i], shapeOf(t, n));
+  });
+  const out = await graph.session.run(feeds);
+  return graph.entry.outputs.map((t) => Float32Array.from(out[t.name].data));
 }
 
 // Float32Array (n * latentDim) -> Float32Array (n * 784) in [0, 1]. The runtime clips too:
 // the Sigmoid's approximation can return 1.0000001.
 async function decode(z, n) {
-  const feeds = { z: new ort.Tensor('float32', z, [n, latentDim]) };
-  const { image } = await decoder.run(feeds);
-  const pixels = Float32Array.from(image.data);
+  const [pixels] = await run(decoder, [z], n);
   for (let i = 0; i < pixels.length; i++) pixels[i] = Math.min(Math.max(pixels[i], 0), 1);
   return pixels;
 }
 
-// Float32Array (n * 784) in [0, 1] -> {mu, logvar}, each Float32Array (n * latentDim).
+// Float32Array (n * 784) in [0, 1] -> the encoder's outputs in declared order (mean, log-variance),
+// each Float32Array (n * latentDim).
 async function encode(x, n) {
   if (!encoder) throw new Error('this site has no encoder');
-  const out = await encoder.run({ image: new ort.Tensor('float32', x, [n, 1, 28, 28]) });
-  return { mu: Float32Array.from(out.mu.data), logvar: Float32Array.from(out.logvar.data) };
+  return run(encoder, [x], n);
 }
 
 // Milliseconds of each of `runs` decoder runs of `batch` latents, inside this worker.
