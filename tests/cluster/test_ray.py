@@ -446,8 +446,8 @@ def test_the_serve_config_file_is_rays_and_builds_the_app(export_dir: Path, tmp_
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        ({"onnx_dir": "x", "replicas": 2}, "unknown argument 'replicas'"),
-        ({"onnx_dir": "x", "max_batch": "many"}, "argument max_batch: 'many' is not valid"),
+        ({"onnx_dir": "x", "replicas": 2}, "unknown setting 'replicas'"),
+        ({"onnx_dir": "x", "max_batch": "many"}, "setting max_batch: 'many' is not valid"),
         ({"onnx_dir": "x", "max_batch": 0}, "max batch must be"),
     ],
 )
