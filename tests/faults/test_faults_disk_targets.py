@@ -79,7 +79,7 @@ BASE = {  # every output of each command, in out/
         f"--encoder {ENC} --decoder {DEC} a.png {TEST_IMAGES} -n 3 --out out/r.png --npy out/r.npy"
     ),
     "vae-train": (*TRAIN, "--out", "out", "--force"),
-    "vae-export": words("run/model.pt --out-dir out -q --force --data-dir data"),
+    "vae-export": words("run/model.pt --out out -q --force --data-dir data"),
 }
 
 
@@ -128,7 +128,7 @@ FIXED_SLOTS = (
         )
     ),
     *(
-        FixedSlot("vae-export", "--out-dir", "out", name, "", "run/model.pt", victim)
+        FixedSlot("vae-export", "--out", "out", name, "", "run/model.pt", victim)
         for name, victim in zip(
             EXPORT_FILES, ("run/model.pt", TEST_IMAGES, "run/model.pt"), strict=True
         )
