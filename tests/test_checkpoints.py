@@ -18,9 +18,11 @@ from helpers import expect_error
 from typer.testing import CliRunner
 
 from vae_export import cli as export_cli
+from vae_runtime.errors import InvalidArgumentError
 from vae_train import cli as train_cli
 from vae_train.checkpoint import (
     CHECKPOINT_VERSION,
+    COMPUTE_DTYPE_KEY,
     Checkpoint,
     CheckpointError,
     load_checkpoint,
@@ -179,3 +181,34 @@ def test_the_good_checkpoint_is_read_by_all_three(good: Path, tmp_path: Path) ->
     assert again.metrics == ckpt.metrics
     assert isinstance(ckpt, Checkpoint)
     assert np.isfinite(ckpt.metrics[-1]["test_loss"])
+
+
+@pytest.mark.parametrize("stored", ["fp32", "bf16", None])
+def test_a_checkpoint_from_before_the_compute_dtype_rename_still_loads_and_resumes(
+    good: Path, tmp_path: Path, stored: str | None, make_digits: Callable[..., Any]
+) -> None:
+    """model.pt files written before run["compute_dtype"] kept the training arithmetic as
+    run["precision"] (and the earliest, none at all: fp32); they load under the new key and
+    resume with the same rule, naming the command line's --precision."""
+
+    def old_key(payload: dict[str, Any]) -> None:
+        payload["run"].pop(COMPUTE_DTYPE_KEY)
+        if stored is not None:
+            payload["run"]["precision"] = stored
+
+    path = tmp_path / "old" / "model.pt"
+    path.parent.mkdir()
+    _edit(old_key)(path, good)
+    assert "precision" not in load_checkpoint(good).run  # what files are written with now
+    ckpt = load_checkpoint(path)
+    assert ckpt.run.get(COMPUTE_DTYPE_KEY) == stored and "precision" not in ckpt.run
+    images, _ = make_digits(128, 9)
+    data = MnistImages(images, images[:32], "synthetic")
+    resume = dataclasses.replace(SETTINGS, epochs=2)
+    if stored == "bf16":  # the run was bf16: resuming it as fp32 is refused in the flag's words
+        with pytest.raises(InvalidArgumentError, match="trained with --precision bf16"):
+            train(resume, CONFIG, out_dir=path.parent, data=data, resume=path)
+        return
+    resumed = train(resume, CONFIG, out_dir=path.parent, data=data, resume=path)
+    assert resumed.epoch == 2 and resumed.run[COMPUTE_DTYPE_KEY] == "fp32"
+    assert "precision" not in load_checkpoint(path).run

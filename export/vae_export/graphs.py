@@ -2,7 +2,9 @@
 
 `graph_bytes(role, model, ...)` is all `onnx_export` needs: one encoder or decoder graph,
 exported with a named dynamic batch axis, slimmed to what inference needs, stamped with the
-contract's metadata and checked by onnx.checker, serialized.
+contract's metadata and checked by onnx.checker, serialized. Input and output names, shapes and
+the dynamic axis come from the role's `contract.Interface`; what is the role's own here is only
+which module computes it (`_MODULES`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -70,18 +73,19 @@ def _quiet_exporter() -> Iterator[None]:
             logger.setLevel(level)
 
 
+# The module that computes each role's graph from the VAE: the one thing per role not declared
+# in the contract (its inputs and outputs are).
+_MODULES: dict[str, type[nn.Module]] = {"encoder": _Encoder, "decoder": _Decoder}
+
+
 def graph_bytes(
     role: str, model: VAE, opset: int, source: dict[str, str], training: dict[str, Any]
 ) -> bytes:
     """One graph exported, slimmed, stamped with its metadata and checked; serialized."""
-    module: nn.Module
-    if role == "encoder":
-        module, example = _Encoder(model), torch.rand(TRACE_BATCH, *C.IMAGE_SHAPE)
-        names, file = ([C.ENCODER_INPUT], list(C.ENCODER_OUTPUTS)), C.ENCODER_FILE
-    else:
-        module, example = _Decoder(model), torch.randn(TRACE_BATCH, model.config.latent_dim)
-        names, file = ([C.DECODER_INPUT], [C.DECODER_OUTPUT]), C.DECODER_FILE
-    proto = _export_graph(module, example, *names, opset)
+    interface, latent_dim = C.INTERFACES[role], model.config.latent_dim
+    # Example inputs of the declared shapes; the values do not matter to the trace.
+    examples = tuple(torch.rand(TRACE_BATCH, *t.shape(latent_dim)) for t in interface.inputs)
+    proto = _export_graph(_MODULES[role](model), examples, interface, opset)
     _slim(proto)
     _stamp(
         proto,
@@ -93,25 +97,26 @@ def graph_bytes(
             training=training,
         ),
     )
-    _check(proto, file)
+    _check(proto, C.graph_file(role), interface, latent_dim)
     data: bytes = proto.SerializeToString()
     return data
 
 
 def _export_graph(
-    module: nn.Module, example: torch.Tensor, inputs: list[str], outputs: list[str], opset: int
+    module: nn.Module, examples: tuple[torch.Tensor, ...], interface: C.Interface, opset: int
 ) -> onnx.ModelProto:
-    """torch.onnx.export (the dynamo exporter) with a named dynamic batch axis, in memory."""
+    """torch.onnx.export (the dynamo exporter), in memory: the inputs and outputs named as
+    `interface` declares them, each input's first axis the dynamic batch axis."""
     batch = torch.export.Dim(C.BATCH_AXIS)
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
                 module.eval(),
-                (example,),
-                input_names=inputs,
-                output_names=outputs,
+                examples,
+                input_names=[t.name for t in interface.inputs],
+                output_names=[t.name for t in interface.outputs],
                 opset_version=opset,
-                dynamic_shapes=({0: batch},),
+                dynamic_shapes=tuple({0: batch} for _ in interface.inputs),
                 external_data=False,
                 optimize=True,  # constant folding and dead-code removal by onnxscript
                 verbose=False,
@@ -178,16 +183,44 @@ def _stamp(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
     onnx.helper.set_model_props(model, metadata)
 
 
-def _check(model: onnx.ModelProto, name: str) -> None:
-    """onnx.checker (full: with strict shape inference) and the contract's names and axes."""
+def io_signature(model: onnx.ModelProto) -> tuple[list[tuple[str, str, list[int | str]]], ...]:
+    """The graph's (inputs, outputs) as (name, numpy dtype name, [dims]): a dim is its size, or
+    its name where it is dynamic."""
+
+    def one(value: onnx.ValueInfoProto) -> tuple[str, str, list[int | str]]:
+        tensor = value.type.tensor_type
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+        return value.name, dtype, [d.dim_param or d.dim_value for d in tensor.shape.dim]
+
+    return [one(v) for v in model.graph.input], [one(v) for v in model.graph.output]
+
+
+def declared_signature(
+    interface: C.Interface, latent_dim: int
+) -> tuple[list[tuple[str, str, list[int | str]]], ...]:
+    """What `io_signature` must give for a graph of `interface` and `latent_dim`: the declared
+    names, dtype and shapes, behind the dynamic batch axis."""
+
+    def one(t: C.TensorDecl) -> tuple[str, str, list[int | str]]:
+        return t.name, interface.dtype, [C.BATCH_AXIS, *t.shape(latent_dim)]
+
+    return [one(t) for t in interface.inputs], [one(t) for t in interface.outputs]
+
+
+def _check(model: onnx.ModelProto, name: str, interface: C.Interface, latent_dim: int) -> None:
+    """onnx.checker (full: with strict shape inference) and the role's declared interface:
+    names, dtype, dynamic batch axis and shapes."""
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ExportError(f"{name}: onnx.checker rejects the exported graph: {exc}") from None
-    for value in (*model.graph.input, *model.graph.output):
-        first = value.type.tensor_type.shape.dim[0]
-        if first.dim_param != C.BATCH_AXIS:
-            raise ExportError(f"{name}: '{value.name}' has no dynamic '{C.BATCH_AXIS}' axis")
+    found, declared = io_signature(model), declared_signature(interface, latent_dim)
+    for kind, got, want in zip(("inputs", "outputs"), found, declared, strict=True):
+        if got != want:
+            raise ExportError(
+                f"{name}: {kind} {got} break the contract, expected {want} "
+                f"('{C.BATCH_AXIS}' dynamic)"
+            )
     for t in model.graph.initializer:
         if t.data_location == onnx.TensorProto.EXTERNAL:
             raise ExportError(f"{name}: weight '{t.name}' refers to external data")

@@ -34,7 +34,7 @@ from vae_train.model import VAE
 
 from . import DEFAULT_OPSET, MIN_OPSET, triton
 from .graphs import PRODUCER_VERSION, TRACE_BATCH, graph_bytes
-from .precision import GATE_IMAGES, INT8_METHOD, check_precisions, gate, lower, measure
+from .precision import GATE_IMAGES, INT8_METHOD, gate, lower, measure, parse_graph_precisions
 from .verify import BATCH_SIZES, Reference, Report, VerificationError, verify_graphs
 
 
@@ -87,7 +87,9 @@ def export_checkpoint(
     """
     say = log or (lambda _line: None)
     check_int("opset", opset, MIN_OPSET, onnx.defs.onnx_opset_version())
-    precisions = check_precisions(precision if isinstance(precision, str) else ",".join(precision))
+    precisions = parse_graph_precisions(
+        precision if isinstance(precision, str) else ",".join(precision)
+    )
     path = Path(checkpoint)
     out = Path(out_dir) if out_dir is not None else path.parent
     images_file = _images_file(data_dir) if data_dir is not None else None
@@ -117,7 +119,7 @@ def export_checkpoint(
                 fp32[role] = outputs.staged_path(files[(role, "fp32")])
             else:
                 fp32[role] = outputs.write_scratch(out / C.graph_file(role), blob)
-        encode, decode = _torch_references(model)
+        references = _torch_references(model)
         # Loaded once, the reference of every check below. (Named, not a tuple being built:
         # a session freed while an interrupt unwinds waits for its thread pool, which a forked
         # copy, tests/faults/test_faults_signals.py's, does not have.)
@@ -126,8 +128,8 @@ def export_checkpoint(
         reference = (fp32_encoder, fp32_decoder)
         report = verify_graphs(
             *reference,
-            encode,
-            decode,
+            references["encoder"],
+            references["decoder"],
             images[: max(BATCH_SIZES)],
             images_name,
             model.config.latent_dim,
@@ -140,17 +142,20 @@ def export_checkpoint(
             entries = {C.graph_file(r): C.FileEntry.of(b, r) for r, b in blobs.items()}
         qualities = []
         for p in lower_precisions:
+            # A line per stage: each takes seconds, and a log or a pipe shows the gate at work.
+            say(f"{p}: converting both graphs")
             lowered = {}
             for role in C.ROLES:
                 with naming(files[(role, p)]):  # the quantizer's own temporary file
                     lowered[role] = lower(blobs[role], role, p)
             for role, blob in lowered.items():
                 outputs.write_bytes(files[(role, p)], blob)
-            staged = [outputs.staged_path(files[(role, p)]) for role in C.ROLES]
+            staged = {role: outputs.staged_path(files[(role, p)]) for role in C.ROLES}
+            say(f"{p}: measuring against fp32 on {images_name} ({len(images):,})")
             quality = measure(
                 p,
                 reference,
-                (Encoder.load(staged[0]), Decoder.load(staged[1])),
+                (Encoder.load(staged["encoder"]), Decoder.load(staged["decoder"])),
                 images,
                 images_name,
             )
@@ -167,7 +172,7 @@ def export_checkpoint(
         manifest = _manifest(ckpt, source, training, entries, opset, seconds, report)
         outputs.write_bytes(out / C.MANIFEST_FILE, manifest.to_bytes())
         for (role, _), target in files.items():  # the set as users will load it: through
-            (Encoder if role == "encoder" else Decoder).load(outputs.staged_path(target))
+            _RUNTIME[role].load(outputs.staged_path(target))
         outputs.commit()  # the manifest now beside the staged graphs
     say(f"wrote {', '.join(str(t) for t in targets)}")
     return ExportResult(files, targets[-1], manifest, report)
@@ -206,21 +211,35 @@ def _reference_images(images_file: Path | None, model: VAE, limit: int) -> tuple
     return decoded.reshape(-1, *C.IMAGE_SHAPE), "decoded samples"
 
 
-def _torch_references(model: VAE) -> tuple[Reference, Reference]:
+# The runtime class that loads each role's graph (its `interface` is the role's declaration).
+_RUNTIME: dict[str, type[Encoder] | type[Decoder]] = {g.role: g for g in (Encoder, Decoder)}
+
+
+def _torch_references(model: VAE) -> dict[str, Reference]:
     """The torch model itself (not the export wrappers, whose mistakes the check must catch)
-    as numpy -> named numpy outputs functions, for the encoder and the decoder."""
+    as numpy -> named numpy outputs functions, by role: each output named and shaped as the
+    role's interface declares it."""
+    # What computes each role in torch, as a tuple of outputs in declared order.
+    compute: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, ...]]] = {
+        "encoder": lambda image: model.encode(image.flatten(1)),  # (B, 1, 28, 28) -> 2x (B, d)
+        "decoder": lambda z: (model.decode(z),),  # (B, d) -> (B, 784)
+    }
+    latent_dim = model.config.latent_dim
 
-    def encode(batch: np.ndarray) -> dict[str, np.ndarray]:  # (B, 1, 28, 28) -> 2x (B, d)
-        with torch.no_grad():
-            outputs = model.encode(torch.from_numpy(batch).flatten(1))
-        return {name: t.numpy() for name, t in zip(C.ENCODER_OUTPUTS, outputs, strict=True)}
+    def reference(role: str) -> Reference:
+        outputs = C.INTERFACES[role].outputs
 
-    def decode(batch: np.ndarray) -> dict[str, np.ndarray]:  # (B, d) -> (B, 1, 28, 28)
-        with torch.no_grad():
-            image = model.decode(torch.from_numpy(batch)).reshape(-1, *C.IMAGE_SHAPE)
-        return {C.DECODER_OUTPUT: image.numpy()}
+        def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+            with torch.no_grad():
+                values = compute[role](torch.from_numpy(batch))
+            return {
+                t.name: v.reshape(-1, *t.shape(latent_dim)).numpy()
+                for t, v in zip(outputs, values, strict=True)
+            }
 
-    return encode, decode
+        return run
+
+    return {role: reference(role) for role in C.INTERFACES}
 
 
 def _training_summary(ckpt: Checkpoint) -> dict[str, Any]:

@@ -56,8 +56,10 @@ class QualityError(NumericalError):
     """A lower-precision graph differs from the fp32 graph by more than its limit."""
 
 
-def check_precisions(text: str) -> tuple[str, ...]:
-    """'fp32,int8' -> ('fp32', 'int8'), in PRECISIONS order; unknown or empty is an error."""
+def parse_graph_precisions(text: str) -> tuple[str, ...]:
+    """The graphs' number formats asked for (vae-export --precision): 'fp32,int8' ->
+    ('fp32', 'int8'), in contract.PRECISIONS order; unknown or empty is an error. (Not the
+    training arithmetic, vae_train.device.COMPUTE_DTYPES.)"""
     asked = [p.strip() for p in text.split(",")]
     unknown = [p for p in asked if p not in C.PRECISIONS]
     if unknown or not text.strip():
@@ -80,8 +82,10 @@ def _quiet_quantizer() -> Iterator[None]:
 
 
 def _latent_layers(model: onnx.ModelProto, role: str) -> list[str]:
-    """The Gemm nodes that read the latent (decoder) or write it (encoder)."""
-    latent = {C.DECODER_INPUT} if role == "decoder" else set(C.ENCODER_OUTPUTS)
+    """The Gemm nodes that read the latent (decoder) or write it (encoder): those touching an
+    input or output the role's interface declares latent-sized."""
+    interface = C.INTERFACES[role]
+    latent = {t.name for t in (*interface.inputs, *interface.outputs) if C.LATENT in t.dims}
     return [
         n.name for n in model.graph.node if n.op_type == "Gemm" and latent & {*n.input, *n.output}
     ]
@@ -157,7 +161,7 @@ class Quality:
 
     def for_role(self, role: str) -> dict[str, float | str]:
         """The figures manifest.json records beside the `role` graph."""
-        prefix = "decoder_" if role == "decoder" else "encoder_"
+        prefix = f"{role}_"  # the figures of one graph are named after its role
         mine: dict[str, float | str] = {
             k.removeprefix(prefix): v for k, v in self.figures.items() if k.startswith(prefix)
         }

@@ -1,13 +1,15 @@
 """A Triton model repository of the exported graphs: `DIR/<name>/config.pbtxt` and
 `DIR/<name>/1/model.onnx` for each graph, as NVIDIA Triton (alone or under KServe) loads it.
 
-Names are vae-serve's: the fp32 pair is `decoder` and `encoder`, other precisions
-`decoder_int8`, `encoder_fp16`, ...; inputs and outputs are the contract's (`z` -> `image`,
-`image` -> `mu`, `logvar`), so a V2 client moves between vae-serve and Triton by its URL alone.
-Each config.pbtxt names the ONNX Runtime backend, the batch axis as `max_batch_size` (dims after
+Names are vae-serve's (`contract.served_name`): the fp32 pair is `decoder` and `encoder`, other
+precisions `decoder_int8`, `encoder_fp16`, ...; inputs and outputs are the role's declared
+`contract.Interface`, so a V2 client moves between vae-serve and Triton by its URL alone.
+Each configuration names the ONNX Runtime backend, the batch axis as `max_batch_size` (dims after
 it), dynamic batching, a CPU instance group (README: the GPU variant), and the graph's metadata
-and SHA-256 as `parameters`. The files are written by the export, in the same `Outputs` set as
-the graphs and the manifest: all of them change together or none does.
+and SHA-256 as `parameters`. `model_config` builds it once, as the plain dict that Triton's
+`GET /v2/models/{name}/config` answers with; config.pbtxt is that dict rendered in protobuf text
+format (`config_text`), so the two cannot differ. The files are written by the export, in the
+same `Outputs` set as the graphs and the manifest: all of them change together or none does.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -29,18 +32,18 @@ MODEL_FILE = "model.onnx"  # the ONNX Runtime backend's default file name
 MAX_BATCH_SIZE = 1024
 QUEUE_DELAY_US = 100  # how long the dynamic batcher may hold a request to fill a batch
 CPU_INSTANCES = 2  # model instances (onnxruntime sessions) per model on CPU
-
-
-def model_name(role: str, precision: str) -> str:
-    """The served name of a graph: vae-serve's (`decoder`, `decoder_int8`, ...)."""
-    C.graph_file(role, precision)  # ValueError for an unknown role or precision
-    return role if precision == "fp32" else f"{role}_{precision}"
+# Triton's name of each declared dtype (contract.Interface.dtype, a numpy dtype name).
+DATA_TYPES = {"float32": "TYPE_FP32"}
+# ModelConfig fields whose values are enums (bare words in text format, strings in JSON), and
+# those that are maps (`key`/`value` entries in text format, objects in JSON).
+_ENUM_FIELDS = frozenset({"data_type", "kind"})
+_MAP_FIELDS = frozenset({"parameters"})
 
 
 def repository_files(repo: Path, graphs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Path]:
     """For each (role, precision): its config.pbtxt's path; model.onnx is `model_file(config)`."""
     return {
-        (role, precision): Path(repo) / model_name(role, precision) / CONFIG_FILE
+        (role, precision): Path(repo) / C.served_name(role, precision) / CONFIG_FILE
         for role, precision in graphs
     }
 
@@ -69,51 +72,88 @@ def stage(
         outputs.write_bytes(config, text.encode("utf-8"))
 
 
-def _tensor(name: str, dims: Iterable[int]) -> str:
-    dims_text = ", ".join(str(d) for d in dims)
-    return f'  {{\n    name: "{name}"\n    data_type: TYPE_FP32\n    dims: [ {dims_text} ]\n  }}'
+def model_config(
+    role: str, precision: str, latent_dim: int, graph: bytes, metadata: Mapping[str, str]
+) -> dict[str, Any]:
+    """The Triton model configuration of one graph, as a plain dict: the JSON form of
+    config.pbtxt (ModelConfig's field names). Inputs and outputs are the role's declared
+    interface (dims after the batch axis); `graph` is model.onnx's bytes (its SHA-256 becomes a
+    parameter), `metadata` the graph's metadata_props (each a parameter, as its own key)."""
+    name = C.served_name(role, precision)  # ValueError for an unknown role or precision
+    interface = C.INTERFACES[role]
+
+    def tensors(declared: tuple[C.TensorDecl, ...]) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": t.name,
+                "data_type": DATA_TYPES[interface.dtype],
+                "dims": list(t.shape(latent_dim)),
+            }
+            for t in declared
+        ]
+
+    parameters = {**metadata, "sha256": hashlib.sha256(graph).hexdigest()}
+    return {
+        "name": name,
+        "platform": PLATFORM,
+        "max_batch_size": MAX_BATCH_SIZE,  # the batch axis; dims are after it
+        "input": tensors(interface.inputs),
+        "output": tensors(interface.outputs),
+        "dynamic_batching": {"max_queue_delay_microseconds": QUEUE_DELAY_US},
+        "instance_group": [{"count": CPU_INSTANCES, "kind": "KIND_CPU"}],
+        "version_policy": {"latest": {"num_versions": 1}},
+        "parameters": {key: {"string_value": parameters[key]} for key in sorted(parameters)},
+    }
+
+
+def config_text(
+    role: str, precision: str, latent_dim: int, graph: bytes, metadata: Mapping[str, str]
+) -> str:
+    """config.pbtxt of one graph: `model_config(...)` rendered in protobuf text format."""
+    config = model_config(role, precision, latent_dim, graph, metadata)
+    lines = [
+        f"# {config['name']}: the mnist-vae {role} ({precision}), written by "
+        "vae-export --triton-repo; dims are after the batch axis (max_batch_size).",
+        "# For a GPU, replace instance_group's block with: [ { count: 1, kind: KIND_GPU } ]",
+        *_fields(config, ""),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _fields(message: Mapping[str, Any], indent: str) -> list[str]:
+    """The lines of a message's fields in protobuf text format, from its JSON-form dict."""
+    lines = []
+    for key, value in message.items():
+        if key in _MAP_FIELDS:  # one `key`/`value` entry per item
+            for k, v in value.items():
+                entry = {"key": k, "value": v}
+                lines += [f"{indent}{key} {{", *_fields(entry, indent + "  "), f"{indent}}}"]
+        elif isinstance(value, Mapping):
+            lines += [f"{indent}{key} {{", *_fields(value, indent + "  "), f"{indent}}}"]
+        elif isinstance(value, list) and value and isinstance(value[0], Mapping):
+            blocks = [
+                "\n".join([f"{indent}  {{", *_fields(item, indent + "    "), f"{indent}  }}"])
+                for item in value
+            ]
+            lines += [f"{indent}{key} [", ",\n".join(blocks), f"{indent}]"]
+        elif isinstance(value, list):
+            lines.append(f"{indent}{key}: [ {', '.join(_scalar(key, v) for v in value)} ]")
+        else:
+            lines.append(f"{indent}{key}: {_scalar(key, value)}")
+    return lines
+
+
+def _scalar(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if key in _ENUM_FIELDS:
+        return str(value)
+    return _quote(str(value))
 
 
 def _quote(text: str) -> str:
     """`text` as a protobuf text-format string literal (UTF-8 kept as it is)."""
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
     return '"' + escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") + '"'
-
-
-def config_text(
-    role: str, precision: str, latent_dim: int, graph: bytes, metadata: Mapping[str, str]
-) -> str:
-    """The config.pbtxt of one graph: `graph` is model.onnx's bytes (its SHA-256 becomes a
-    parameter), `metadata` the graph's metadata_props (each a parameter, as its own key)."""
-    inputs: list[tuple[str, tuple[int, ...]]]
-    outputs: list[tuple[str, tuple[int, ...]]]
-    if role == "decoder":
-        inputs = [(C.DECODER_INPUT, (latent_dim,))]
-        outputs = [(C.DECODER_OUTPUT, C.IMAGE_SHAPE)]
-    else:
-        inputs = [(C.ENCODER_INPUT, C.IMAGE_SHAPE)]
-        outputs = [(name, (latent_dim,)) for name in C.ENCODER_OUTPUTS]
-    parameters = {**metadata, "sha256": hashlib.sha256(graph).hexdigest()}
-    lines = [
-        f"# {model_name(role, precision)}: the mnist-vae {role} ({precision}), written by "
-        "vae-export --triton-repo.",
-        "# For a GPU, replace instance_group's block with: [ { count: 1, kind: KIND_GPU } ]",
-        f'name: "{model_name(role, precision)}"',
-        f'platform: "{PLATFORM}"',
-        f"max_batch_size: {MAX_BATCH_SIZE}  # dims below are after the batch axis",
-        "input [",
-        ",\n".join(_tensor(n, d) for n, d in inputs),
-        "]",
-        "output [",
-        ",\n".join(_tensor(n, d) for n, d in outputs),
-        "]",
-        f"dynamic_batching {{\n  max_queue_delay_microseconds: {QUEUE_DELAY_US}\n}}",
-        f"instance_group [\n  {{\n    count: {CPU_INSTANCES}\n    kind: KIND_CPU\n  }}\n]",
-        "version_policy: { latest: { num_versions: 1 } }",
-    ]
-    for key in sorted(parameters):
-        value = _quote(parameters[key])
-        lines.append(
-            f"parameters {{\n  key: {_quote(key)}\n  value: {{ string_value: {value} }}\n}}"
-        )
-    return "\n".join(lines) + "\n"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_runtime.contract import DECODER_OUTPUT, ENCODER_OUTPUTS, IMAGE_SHAPE
+from vae_runtime.contract import DECODER, ENCODER
 from vae_runtime.errors import NumericalError, VaeError
 from vae_runtime.session import Decoder, Encoder
 
@@ -105,11 +105,13 @@ def encoder_inputs(images: np.ndarray, images_name: str, seed: int = SEED) -> di
     """The encoder's verification inputs, each float32 (max batch, 1, 28, 28) in [0, 1]:
     `images` (repeated to the largest batch size if fewer) and uniform noise."""
     n = max(BATCH_SIZES)
-    images = np.asarray(images, dtype=np.float32).reshape(-1, *IMAGE_SHAPE)
+    (image,) = ENCODER.inputs
+    shape = image.shape(0)  # (1, 28, 28): no latent-sized axis
+    images = np.asarray(images, dtype=np.float32).reshape(-1, *shape)
     rng = np.random.default_rng(seed)
     return {
-        images_name: np.resize(images, (n, *IMAGE_SHAPE)),  # whole images repeat, C order
-        "uniform noise": rng.uniform(0.0, 1.0, (n, *IMAGE_SHAPE)).astype(np.float32),
+        images_name: np.resize(images, (n, *shape)),  # whole images repeat, C order
+        "uniform noise": rng.uniform(0.0, 1.0, (n, *shape)).astype(np.float32),
     }
 
 
@@ -118,9 +120,11 @@ def decoder_inputs(latent_dim: int, seed: int = SEED) -> dict[str, np.ndarray]:
     by LATENT_SCALE, and extreme latents with |z| up to EXTREME_LATENT (every other row at
     exactly +-EXTREME_LATENT in every coordinate)."""
     n = max(BATCH_SIZES)
+    (z,) = DECODER.inputs
+    shape = (n, *z.shape(latent_dim))  # (n, latent_dim)
     rng = np.random.default_rng(seed + 1)
-    normal = rng.standard_normal((n, latent_dim)) * LATENT_SCALE
-    extreme = rng.uniform(-EXTREME_LATENT, EXTREME_LATENT, (n, latent_dim))
+    normal = rng.standard_normal(shape) * LATENT_SCALE
+    extreme = rng.uniform(-EXTREME_LATENT, EXTREME_LATENT, shape)
     extreme[::2] = np.sign(extreme[::2]) * EXTREME_LATENT
     return {
         f"N(0,I)*{LATENT_SCALE:g}": normal.astype(np.float32),
@@ -141,7 +145,7 @@ def compare_graph(
     one graph run of b rows for every batch size b; one Comparison per (output, case). Shapes
     that differ, values that are not finite, or a run the runtime refuses count as failures,
     with an infinite difference."""
-    names = list(ENCODER_OUTPUTS) if isinstance(graph, Encoder) else [DECODER_OUTPUT]
+    names = [t.name for t in graph.interface.outputs]
     out: list[Comparison] = []
     for case, data in cases.items():
         worst = {name: (0.0, 0.0, True) for name in names}  # max abs, max rel, passed
@@ -162,11 +166,15 @@ def compare_graph(
 
 
 def _run(graph: Encoder | Decoder, batch: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-    """The graph's named outputs on `batch`, in one run; empty when the runtime refuses them."""
+    """The graph's outputs on `batch`, in one run, by their declared `names`; empty when the
+    runtime refuses them."""
     try:
-        if isinstance(graph, Encoder):
-            return dict(zip(names, graph.encode(batch, batch_size=len(batch)), strict=True))
-        return {names[0]: graph.decode(batch, batch_size=len(batch))}
+        outputs = (
+            graph.encode(batch, batch_size=len(batch))
+            if isinstance(graph, Encoder)
+            else (graph.decode(batch, batch_size=len(batch)),)
+        )
+        return dict(zip(names, outputs, strict=True))
     except VaeError:  # NaN outputs, a graph that cannot run: a failed comparison, not a crash
         return {}
 

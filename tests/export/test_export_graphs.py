@@ -7,9 +7,12 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx
+import pytest
 
-from vae_export import DEFAULT_OPSET, MIN_OPSET
+from vae_export import DEFAULT_OPSET, MIN_OPSET, graphs
+from vae_export.graphs import ExportError, declared_signature, io_signature
 from vae_export.onnx_export import export_checkpoint
 from vae_export.verify import ATOL
 from vae_runtime import contract as C
@@ -56,19 +59,42 @@ def test_graphs_are_lean_self_contained_and_pass_the_full_check(exported: Export
 
 
 def test_graph_inputs_and_outputs_follow_the_contract(exported: Exported) -> None:
+    """Names, dtypes and shapes of both graphs: the contract's declarations (INTERFACES), with
+    the dynamic batch axis first."""
     d = exported.model.config.latent_dim
-    graphs = _graphs(exported)
-    enc, dec = graphs[C.ENCODER_FILE].graph, graphs[C.DECODER_FILE].graph
-    assert [(v.name, _dims(v)) for v in enc.input] == [
-        (C.ENCODER_INPUT, [C.BATCH_AXIS, *C.IMAGE_SHAPE])
-    ]
-    assert [(v.name, _dims(v)) for v in enc.output] == [
-        (name, [C.BATCH_AXIS, d]) for name in C.ENCODER_OUTPUTS
-    ]
-    assert [(v.name, _dims(v)) for v in dec.input] == [(C.DECODER_INPUT, [C.BATCH_AXIS, d])]
-    assert [(v.name, _dims(v)) for v in dec.output] == [
-        (C.DECODER_OUTPUT, [C.BATCH_AXIS, *C.IMAGE_SHAPE])
-    ]
+    protos = _graphs(exported)
+    for role, interface in C.INTERFACES.items():
+        graph = protos[C.graph_file(role)].graph
+        for declared, actual in (
+            (interface.inputs, graph.input),
+            (interface.outputs, graph.output),
+        ):
+            assert [v.name for v in actual] == [t.name for t in declared], role
+            for t, v in zip(declared, actual, strict=True):
+                elem = v.type.tensor_type.elem_type
+                assert onnx.helper.tensor_dtype_to_np_dtype(elem) == np.dtype(interface.dtype)
+                assert _dims(v) == [C.BATCH_AXIS, *t.shape(d)], (role, t.name)
+    # The declarations themselves are the documented contract (DESIGN.md).
+    assert [(t.name, t.shape(d)) for t in C.DECODER.inputs] == [("z", (d,))]
+    assert [(t.name, t.shape(d)) for t in C.DECODER.outputs] == [("image", (1, 28, 28))]
+    assert [(t.name, t.shape(d)) for t in C.ENCODER.inputs] == [("image", (1, 28, 28))]
+    assert [(t.name, t.shape(d)) for t in C.ENCODER.outputs] == [("mu", (d,)), ("logvar", (d,))]
+
+
+def test_the_signature_the_exporter_checks_is_the_declared_one(exported: Exported) -> None:
+    """graphs._check compares each graph with its role's interface: a renamed or reshaped
+    output is an ExportError naming it, not a graph the runtime refuses later."""
+    d = exported.model.config.latent_dim
+    for role, interface in C.INTERFACES.items():
+        model = _graphs(exported)[C.graph_file(role)]
+        assert io_signature(model) == declared_signature(interface, d)
+        old = model.graph.output[0].name  # renamed where it is made too: onnx.checker passes
+        model.graph.output[0].name = "renamed"
+        for node in model.graph.node:
+            node.output[:] = ["renamed" if n == old else n for n in node.output]
+        onnx.checker.check_model(model, full_check=True)
+        with pytest.raises(ExportError, match=f"{C.graph_file(role)}: outputs .*'renamed'"):
+            graphs._check(model, C.graph_file(role), interface, d)
 
 
 def test_metadata_round_trips_through_the_runtime_parser(exported: Exported) -> None:

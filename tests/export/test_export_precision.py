@@ -16,7 +16,13 @@ from typer.testing import CliRunner
 from vae_export import onnx_export, precision
 from vae_export.cli import app
 from vae_export.onnx_export import ExportResult, export_checkpoint
-from vae_export.precision import LIMITS, Quality, QualityError, check_precisions, measure
+from vae_export.precision import (
+    LIMITS,
+    Quality,
+    QualityError,
+    measure,
+    parse_graph_precisions,
+)
 from vae_runtime import contract as C
 from vae_runtime.errors import InvalidArgumentError
 from vae_runtime.session import Decoder, Encoder
@@ -153,15 +159,15 @@ def test_lower_precisions_alone(checkpoints: dict[str, Path], tmp_path: Path) ->
 @pytest.mark.parametrize("text", ["", "fp32,int9", "FP32", "int8,,fp16", " , "])
 def test_bad_precision_lists(text: str, checkpoints: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="expected a comma-separated subset of"):
-        check_precisions(text)
+        parse_graph_precisions(text)
     result = CliRunner().invoke(app, [str(checkpoints["tiny"]), "-o", str(tmp_path), "-p", text])
     expect_error(result, 2, "--precision")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_precision_lists_are_ordered_and_deduplicated() -> None:
-    assert check_precisions("fp16, int8,fp32,int8") == ("fp32", "int8", "fp16")
-    assert check_precisions("int8") == ("int8",)
+    assert parse_graph_precisions("fp16, int8,fp32,int8") == ("fp32", "int8", "fp16")
+    assert parse_graph_precisions("int8") == ("int8",)
 
 
 def test_the_quantizers_temporary_file_fails_in_the_users_words(

@@ -15,7 +15,7 @@ from typing import Any
 
 import onnx
 import pytest
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from helpers import expect_error
 from typer.testing import CliRunner
 
@@ -91,20 +91,21 @@ def test_config_matches_graph_and_contract(exported: Path, name: str) -> None:
     ]
     # Names, datatypes and dims after the batch axis: the ONNX graph's own, and the contract's.
     graph = onnx.load(model_path).graph
-    latent = manifest.latent_dim
-    if role == "decoder":
-        contract = {C.DECODER_INPUT: [latent], C.DECODER_OUTPUT: list(C.IMAGE_SHAPE)}
-    else:
-        contract = {C.ENCODER_INPUT: list(C.IMAGE_SHAPE)}
-        contract |= {n: [latent] for n in C.ENCODER_OUTPUTS}
-    for declared, actual in ((config.input, graph.input), (config.output, graph.output)):
-        assert [t.name for t in declared] == [t.name for t in actual]
-        for tensor, value_info in zip(declared, actual, strict=True):
+    interface = C.INTERFACES[role]
+    for config_side, actual, contract in (
+        (config.input, graph.input, interface.inputs),
+        (config.output, graph.output, interface.outputs),
+    ):
+        assert (
+            [t.name for t in config_side] == [t.name for t in actual] == [t.name for t in contract]
+        )
+        for tensor, value_info, decl in zip(config_side, actual, contract, strict=True):
             assert tensor.data_type == PB2.DataType.TYPE_FP32
             assert value_info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+            assert interface.dtype == "float32"
             batch, *rest = _dims(value_info)
             assert batch == C.BATCH_AXIS  # dynamic: what max_batch_size stands for
-            assert list(tensor.dims) == rest == contract[tensor.name]
+            assert list(tensor.dims) == rest == list(decl.shape(manifest.latent_dim))
     # The graph's metadata, each key a parameter, and its SHA-256 as the manifest lists it.
     parameters = {k: v.string_value for k, v in config.parameters.items()}
     metadata = {p.key: p.value for p in onnx.load(model_path).metadata_props}
@@ -127,9 +128,33 @@ def test_parameters_survive_any_text() -> None:
     assert list(config.input[0].dims) == [7]
 
 
+@pytest.mark.parametrize("role", C.ROLES)
+def test_the_config_dict_and_the_pbtxt_agree(role: str) -> None:
+    """model_config (the JSON form, as GET /v2/models/{name}/config answers) and config.pbtxt
+    are one configuration: Triton's parser reads the text into the message the dict describes,
+    and the tensors are the role's declared interface."""
+    blob, metadata = b"graph bytes", {"vae.role": role, "odd": 'a "quoted"\nline'}
+    config = triton.model_config(role, "int8", 5, blob, metadata)
+    json.dumps(config)  # plain JSON types only
+    from_text = text_format.Parse(
+        triton.config_text(role, "int8", 5, blob, metadata), PB2.ModelConfig()
+    )
+    # ParseDict refuses a key that is no ModelConfig field: the dict is Triton's JSON form.
+    assert from_text == json_format.ParseDict(config, PB2.ModelConfig())
+    assert from_text.parameters["odd"].string_value == metadata["odd"]
+    interface = C.INTERFACES[role]
+    for key, declared in (("input", interface.inputs), ("output", interface.outputs)):
+        assert [(t["name"], t["data_type"], t["dims"]) for t in config[key]] == [
+            (d.name, triton.DATA_TYPES[interface.dtype], list(d.shape(5))) for d in declared
+        ]
+    assert config["name"] == C.served_name(role, "int8") == f"{role}_int8"
+
+
 def test_unknown_role_or_precision() -> None:
     with pytest.raises(ValueError, match="no graph file"):
-        triton.model_name("decoder", "int4")
+        triton.model_config("decoder", "int4", 5, b"", {})
+    with pytest.raises(ValueError, match="no graph file"):
+        triton.model_config("critic", "fp32", 5, b"", {})
 
 
 @pytest.fixture

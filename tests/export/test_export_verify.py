@@ -96,10 +96,10 @@ def test_failed_verification_replaces_nothing(
     real = onnx_export._torch_references
 
     def off_by_1e3(model):  # the torch side now disagrees with the graphs
-        return [
-            lambda batch, ref=ref: {k: v + 1e-3 for k, v in ref(batch).items()}
-            for ref in real(model)
-        ]
+        return {
+            role: lambda batch, ref=ref: {k: v + 1e-3 for k, v in ref(batch).items()}
+            for role, ref in real(model).items()
+        }
 
     monkeypatch.setattr(onnx_export, "_torch_references", off_by_1e3)
     with pytest.raises(VerificationError) as info:

@@ -27,7 +27,12 @@ from vae_runtime.images import tile
 from vae_runtime.sampling import sample_latents
 from vae_train.checkpoint import Checkpoint, load_checkpoint
 from vae_train.data import MnistImages
-from vae_train.device import select_device
+from vae_train.device import (
+    COMPUTE_DTYPES,
+    check_compute_dtype,
+    require_compute_dtype,
+    select_device,
+)
 from vae_train.model import VAE, VAEConfig, loss_terms
 from vae_train.training import TrainSettings, train
 
@@ -69,7 +74,7 @@ def test_outputs(
         "seed": 5,
         "device": "cpu",
         "data": "synthetic",
-        "precision": "fp32",
+        "compute_dtype": "fp32",
         "binarize": False,
     }
     assert set(stored.rng) == {"shuffle", "noise"}
@@ -363,3 +368,19 @@ def test_device_selection() -> None:
             select_device("cuda")
     with pytest.raises(InvalidArgumentError, match="cuda:99"):
         select_device("cuda:99")
+
+
+def test_the_compute_dtype_is_one_setting_under_two_names() -> None:
+    """TrainSettings.compute_dtype is the training arithmetic (COMPUTE_DTYPES), not a graph's
+    number format (contract.PRECISIONS); the command line's --precision passes it as
+    `precision=`, which sets the same field and is not kept as a second one."""
+    assert COMPUTE_DTYPES == ("fp32", "bf16")
+    assert TrainSettings(precision="bf16") == TrainSettings(compute_dtype="bf16")
+    assert TrainSettings(precision="bf16").compute_dtype == "bf16"
+    assert TrainSettings().compute_dtype == check_compute_dtype("fp32") == "fp32"
+    for bad in ("fp16", "int8", None):
+        with pytest.raises(InvalidArgumentError, match="--precision must be one of fp32, bf16"):
+            TrainSettings(compute_dtype=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="one setting"):
+        TrainSettings(compute_dtype="bf16", precision="fp32")
+    require_compute_dtype("fp32", torch.device("cpu"))  # fp32 runs anywhere

@@ -5,8 +5,9 @@ Layout (format version 1):
     format_version  1
     config          VAEConfig as a dict            (rebuilds the model)
     state_dict      the model's tensors
-    run             the run's settings: epochs, batch_size, lr, seed, device, data, precision,
-                    binarize (the last two absent in files of earlier versions: fp32, False)
+    run             the run's settings: epochs, batch_size, lr, seed, device, data, compute_dtype,
+                    binarize (the last two absent in files of earlier versions: fp32, False;
+                    compute_dtype stored as "precision" before it was renamed: read as either)
     epoch           epochs finished
     metrics         one dict per finished epoch (train/test loss, bce, kl, seconds)
     optimizer       Adam's state_dict              (for --resume)
@@ -42,6 +43,10 @@ CHECKPOINT_FORMAT = "mnist-vae/checkpoint"
 CHECKPOINT_VERSION = 1
 MAX_EPOCH = 10_000  # epochs a run may reach (vae-train --epochs)
 PROGRESS_IMAGES = (25, 28, 28)  # one progress.gif frame: the 25 decoded sample latents
+# run[COMPUTE_DTYPE_KEY]: the training arithmetic (vae-train --precision), fp32 or bf16. Files
+# written before the rename store it as run[_OLD_COMPUTE_DTYPE_KEY]; loading renames the key.
+COMPUTE_DTYPE_KEY = "compute_dtype"
+_OLD_COMPUTE_DTYPE_KEY = "precision"
 
 
 class CheckpointError(ModelFileError):
@@ -183,7 +188,7 @@ def _parse(payload: Any, path: Path) -> Checkpoint:
     return Checkpoint(
         config=config,
         state_dict=state,
-        run=dict(payload.get("run", {})),
+        run=_current_run(payload.get("run", {})),
         epoch=epoch,
         metrics=metrics,
         optimizer=optimizer,
@@ -191,6 +196,15 @@ def _parse(payload: Any, path: Path) -> Checkpoint:
         versions={str(k): str(v)[:100] for k, v in payload.get("versions", {}).items()},
         progress=dict(progress),
     )
+
+
+def _current_run(run: dict[str, Any]) -> dict[str, Any]:
+    """The stored run settings under today's keys: the old "precision" is the compute dtype."""
+    current = dict(run)
+    if _OLD_COMPUTE_DTYPE_KEY in current:
+        old = current.pop(_OLD_COMPUTE_DTYPE_KEY)
+        current.setdefault(COMPUTE_DTYPE_KEY, old)
+    return current
 
 
 def _is_progress(value: Any, epoch: int) -> bool:

@@ -1,4 +1,4 @@
-"""Where training runs: the device, its precision, subnormal flushing, and the progress line.
+"""Where training runs: the device, its compute dtype, subnormal flushing, and the progress line.
 
 Kept apart from the training loop (training.py), which only asks for a device, wraps its work in
 `flush_denormals()` and reports progress through `Progress`.
@@ -20,7 +20,9 @@ from vae_runtime.errors import InvalidArgumentError
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
 DEVICES = "auto, cpu, cuda, cuda:N, mps"
-PRECISIONS = ("fp32", "bf16")
+# The arithmetic of training (vae-train --precision): not a graph's number format, which is
+# vae_runtime.contract.PRECISIONS (fp32, int8, fp16).
+COMPUTE_DTYPES = ("fp32", "bf16")
 
 
 def check_device(name: str) -> str:
@@ -50,11 +52,11 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_precision(name: str) -> str:
-    """The precision rule: one of PRECISIONS."""
-    if not isinstance(name, str) or name not in PRECISIONS:
+def check_compute_dtype(name: str) -> str:
+    """The compute-dtype rule: one of COMPUTE_DTYPES (the command line's --precision)."""
+    if not isinstance(name, str) or name not in COMPUTE_DTYPES:
         raise InvalidArgumentError(
-            f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}"
+            f"compute dtype: --precision must be one of {', '.join(COMPUTE_DTYPES)}, got {name!r}"
         )
     return name
 
@@ -82,9 +84,10 @@ def bf16_missing(device: torch.device) -> str:
     )
 
 
-def require_precision(precision: str, device: torch.device) -> None:
-    """Refuse (InvalidArgumentError) a precision the device cannot run fast; fp32 runs anywhere."""
-    if check_precision(precision) == "bf16" and (reason := bf16_missing(device)):
+def require_compute_dtype(compute_dtype: str, device: torch.device) -> None:
+    """Refuse (InvalidArgumentError) a compute dtype the device cannot run fast; fp32 runs
+    anywhere."""
+    if check_compute_dtype(compute_dtype) == "bf16" and (reason := bf16_missing(device)):
         raise InvalidArgumentError(f"--precision bf16 refused: {reason}; use --precision fp32")
 
 

@@ -7,9 +7,9 @@ written once, in model.py). Reproducibility comes from two explicit CPU generato
 order, reparameterisation noise) whose states travel in the checkpoint, so 2 epochs + resume for
 3 more is bit for bit 5 epochs straight.
 
-Precision: fp32 by default (bit-reproducible); `bf16` runs the matmuls under `torch.autocast` in
-bfloat16 while the weights, Adam's state, the loss and the checkpoint stay float32, and only where
-the device has bf16 arithmetic (`device.require_precision`).
+Compute dtype (vae-train --precision): fp32 by default (bit-reproducible); `bf16` runs the matmuls
+under `torch.autocast` in bfloat16 while the weights, Adam's state, the loss and the checkpoint
+stay float32, and only where the device has bf16 arithmetic (`device.require_compute_dtype`).
 
 Nothing is lost: every output is checked before the data is read, and after each finished epoch
 model.pt, metrics.jsonl and the figures (samples.png, reconstructions.png, loss.png,
@@ -27,7 +27,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +51,21 @@ from vae_runtime.sampling import MAX_SEED, sample_latents
 
 from . import figures
 from .adam import Adam
-from .checkpoint import MAX_EPOCH, Checkpoint, CheckpointError, checkpoint_bytes, load_checkpoint
+from .checkpoint import (
+    COMPUTE_DTYPE_KEY,
+    MAX_EPOCH,
+    Checkpoint,
+    CheckpointError,
+    checkpoint_bytes,
+    load_checkpoint,
+)
 from .data import DEFAULT_MIRRORS, MnistImages, binarize, load_mnist, locate_mnist
 from .device import (
     Progress,
+    check_compute_dtype,
     check_device,
-    check_precision,
     flush_denormals,
-    require_precision,
+    require_compute_dtype,
     select_device,
 )
 from .model import VAE, VAEConfig, loss_terms
@@ -81,6 +88,8 @@ MAX_PROGRESS_FRAMES = 120  # progress.gif keeps this many epochs at most, thinne
 MAX_BATCH_SIZE = 1 << 16  # images per step
 MAX_LR = 10.0  # Adam at lr 10 already diverges on this model; more is a typo
 EVAL_BATCH = 1000  # evaluation holds no graph, so bigger batches are cheaper per image
+# Settings whose command-line flag is not their name with dashes (vae_train.cli).
+_FLAGS = {COMPUTE_DTYPE_KEY: "--precision"}
 _REFRESH_EVERY = 16  # batches between progress updates (each reads the loss: a sync on GPUs)
 
 
@@ -88,17 +97,28 @@ _REFRESH_EVERY = 16  # batches between progress updates (each reads the loss: a 
 class TrainSettings:
     """How to train (not what: the model's shape is VAEConfig). Stored in the checkpoint's `run`.
 
-    `epochs` is the total a run reaches; a resumed run continues until it has that many."""
+    `epochs` is the total a run reaches; a resumed run continues until it has that many.
+    `compute_dtype` is the training arithmetic, which the command line calls --precision; the
+    `precision=` keyword is accepted for it (vae_train.cli passes that name), but the settings
+    hold and store only `compute_dtype`."""
 
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
     seed: int = 1
     device: str = "auto"
-    precision: str = "fp32"  # or "bf16": matmuls in bfloat16, everything else float32
+    compute_dtype: str = "fp32"  # or "bf16": matmuls in bfloat16, everything else float32
     binarize: bool = False  # each epoch's pixels drawn as Bernoulli(intensity)
+    precision: InitVar[str | None] = None  # the command line's name of compute_dtype
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, precision: str | None) -> None:
+        if precision is not None:
+            if self.compute_dtype not in ("fp32", precision):
+                raise InvalidArgumentError(
+                    f"compute_dtype {self.compute_dtype!r} and precision {precision!r} given: "
+                    "they are one setting, pass compute_dtype alone"
+                )
+            object.__setattr__(self, "compute_dtype", precision)
         # Stored as plain ints and floats whatever was given: the checkpoint keeps them, and a
         # numpy number would not survive its safe load.
         values = {
@@ -107,7 +127,7 @@ class TrainSettings:
             "seed": check_int("seed", self.seed, 0, MAX_SEED - 1),  # seed + 1: the noise's
             "lr": check_float("lr", self.lr, 0.0, MAX_LR),
             "device": check_device(self.device),
-            "precision": check_precision(self.precision),
+            "compute_dtype": check_compute_dtype(self.compute_dtype),
         }
         if not isinstance(self.binarize, bool):
             raise InvalidArgumentError(f"binarize must be True or False, got {self.binarize!r}")
@@ -154,7 +174,7 @@ def train(
             "with --force, or choose another --out"
         )
     device = select_device(settings.device)
-    require_precision(settings.precision, device)
+    require_compute_dtype(settings.compute_dtype, device)
     reads = [] if data is not None else locate_mnist(data_dir, cache_dir)
     if resume_path is not None and not resuming_it:
         reads.append(resume_path)
@@ -192,18 +212,18 @@ def _check_resumable(
             "for; pass the same --hidden-dim/--latent-dim to resume"
         )
     # Runs written before --precision and --binarize existed were fp32 and greyscale.
-    stored_run = {"precision": "fp32", "binarize": False, **ckpt.run}
-    for name in ("batch_size", "lr", "seed", "precision", "binarize"):
+    stored_run = {COMPUTE_DTYPE_KEY: "fp32", "binarize": False, **ckpt.run}
+    for name in ("batch_size", "lr", "seed", COMPUTE_DTYPE_KEY, "binarize"):
         stored, given = stored_run.get(name), getattr(settings, name)
         if stored != given:
-            flag = "--" + name.replace("_", "-")
+            flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
             if name == "binarize":
                 was, now = ("--binarize", "without") if stored else ("no --binarize", "with")
                 raise InvalidArgumentError(
                     f"{path} was trained with {was}, got a resume {now} it; resume it as it "
                     "was trained"
                 )
-            shown = repr(stored)[:40] if name != "precision" else str(stored)[:40]
+            shown = repr(stored)[:40] if name != COMPUTE_DTYPE_KEY else str(stored)[:40]
             raise InvalidArgumentError(
                 f"{path} was trained with {flag} {shown}, got {given}; pass {flag} {shown} "
                 "to resume it"
@@ -288,7 +308,7 @@ class _Run:
                 "seed": self.settings.seed,
                 "device": str(self.device),
                 "data": self.source,
-                "precision": self.settings.precision,
+                COMPUTE_DTYPE_KEY: self.settings.compute_dtype,
                 "binarize": self.settings.binarize,
             },
             epoch=self.epoch,
@@ -391,7 +411,7 @@ class _Run:
         acc = torch.float32 if self.device.type == "mps" else torch.float64
         bce_sum = torch.zeros((), dtype=acc, device=self.device)
         kl_sum = torch.zeros((), dtype=acc, device=self.device)
-        bf16 = self.settings.precision == "bf16"
+        bf16 = self.settings.compute_dtype == "bf16"
         for b, start in enumerate(range(0, n, bs)):
             x = shuffled[start : start + bs].float().div_(255.0)  # (B, 784) in [0, 1]
             if self.settings.binarize:  # dynamic binarisation, from the run's noise generator
