@@ -58,9 +58,10 @@ def main() -> None:
         runs = [
             ("vae-train", []),
             ("vae-export", ["model.pt"]),
-            ("vae-generate", ["--onnx", "decoder.onnx"]),
-            ("vae-interpolate", ["--onnx", "decoder.onnx"]),
-            ("vae-reconstruct", ["--encoder", "encoder.onnx", "--decoder", "decoder.onnx"]),
+            # --force: vae-train's samples.png and reconstructions.png are in the same folder
+            ("vae-generate", ["--onnx", "decoder.onnx", "--force"]),
+            ("vae-interpolate", ["--onnx", "decoder.onnx", "--force"]),
+            ("vae-reconstruct", ["--encoder", "encoder.onnx", "--decoder", "decoder.onnx", "-f"]),
         ]
         print("| command, defaults | wall s | peak RSS MB | --help s (lazy) | --help s (eager) |")
         print("| --- | ---: | ---: | ---: | ---: |")

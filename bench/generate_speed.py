@@ -373,7 +373,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        ours_s, ours_mb = median_process([generate, "--onnx", str(decoder_path)], work, args.runs)
+        ours_s, ours_mb = median_process(
+            [generate, "--onnx", str(decoder_path), "--force"], work, args.runs
+        )
         torch_cmd = [sys.executable, "-c", TORCH_SCRIPT, str(checkpoint), "torch.png"]
         ref_s, ref_mb = median_process(torch_cmd, work, args.runs)
         same = (work / "samples.png").read_bytes() == (work / "torch.png").read_bytes()

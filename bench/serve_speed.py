@@ -271,7 +271,7 @@ def prepare_model(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
     onnx_dir = args.onnx_dir
     if onnx_dir is None:
         onnx_dir = work / "export"
-        command = [BIN / "vae-export", model, "--out-dir", onnx_dir, "--quiet"]
+        command = [BIN / "vae-export", model, "--out", onnx_dir, "--quiet"]
         subprocess.run(list(map(str, command)), check=True)
     return Path(model), Path(onnx_dir)
 

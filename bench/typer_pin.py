@@ -55,7 +55,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for version in (args.pinned, args.newer):
             bin_dir = make_venv(Path(tmp) / f"typer-{version}", version)
-            generate = [str(bin_dir / "vae-generate"), "--onnx", str(decoder), "-o", "g.png"]
+            generate = [str(bin_dir / "vae-generate"), "--onnx", str(decoder), "-o", "g.png", "-f"]
             run(generate, Path(tmp))  # warm-up
             walls, peaks = [], []
             for _ in range(args.runs):

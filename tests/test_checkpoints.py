@@ -159,7 +159,7 @@ def test_bad_checkpoints_are_one_line_and_change_nothing(
         result = CliRunner().invoke(train_cli.app, list(map(str, args)), prog_name="vae-train")
         assert str(path) in expect_error(result, 1, pattern)
     else:
-        args = [path, "--out-dir", out, "--force", "-q"]
+        args = [path, "--out", out, "--force", "-q"]
         result = CliRunner().invoke(export_cli.app, list(map(str, args)), prog_name="vae-export")
         line = expect_error(result, 1, pattern)
         assert str(path) in line

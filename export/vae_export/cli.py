@@ -12,20 +12,26 @@ from vae_train.data import DATA_DIR_ENV  # torch-free, like this module
 
 from . import DEFAULT_OPSET, MIN_OPSET
 
-app = make_app(
+_HELP = (
     "Export a model.pt to encoder.onnx, decoder.onnx and manifest.json, after checking that "
-    "onnxruntime and PyTorch agree on both graphs (batch sizes 1, 2, 64, 1000; atol 1e-5)."
+    "onnxruntime and PyTorch agree on both graphs (batch sizes 1, 2, 64, 1000; atol 1e-5). "
+    "Writes: encoder.onnx, decoder.onnx (and encoder.int8.onnx, ... for each --precision) and "
+    "manifest.json in --out (default: the checkpoint's folder), and --triton-repo's files if "
+    "given; all together or none, an existing file only with --force."
 )
+app = make_app(_HELP)
 
 
-@app.command(cls=VaeCommand)
+@app.command(cls=VaeCommand, help=_HELP)
 def export(
     checkpoint: Path = typer.Argument(..., metavar="MODEL.PT", help="checkpoint from vae-train"),
-    out_dir: Path | None = typer.Option(
+    out: Path | None = typer.Option(
         None,
-        "--out-dir",
+        "--out",
         "-o",
-        help="folder for the three files, made if missing  [default: the checkpoint's folder]",
+        help="folder for the graphs and manifest.json, made if missing  [default: the "
+        "checkpoint's folder]",
+        show_default=False,
     ),
     opset: int = typer.Option(
         DEFAULT_OPSET, "--opset", help=f"ONNX opset of both graphs, {MIN_OPSET} or newer"
@@ -38,7 +44,7 @@ def export(
         "quality gate against fp32; README)",
     ),
     force: bool = typer.Option(False, "--force", "-f", help="replace existing output files"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="print errors only"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="print nothing but errors"),
     data_dir: Path | None = typer.Option(
         None,
         "--data-dir",
@@ -60,7 +66,7 @@ def export(
 
     export_checkpoint(
         checkpoint,
-        out_dir,
+        out,
         opset=opset,
         precision=precision,
         force=force,

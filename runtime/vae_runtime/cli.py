@@ -30,9 +30,24 @@ def _provider_option() -> Any:
     )
 
 
+def _force_option() -> Any:
+    return typer.Option(False, "--force", "-f", help="Replace output files that already exist.")
+
+
+def _quiet_option() -> Any:
+    return typer.Option(False, "--quiet", "-q", help="Print nothing but errors.")
+
+
+def _say(quiet: bool, line: str) -> None:
+    if not quiet:
+        print(line)
+
+
 _GENERATE_HELP = (
     "Decode samples from the prior with decoder.onnx: a PNG grid, and on request raw .npy arrays "
-    "or one PNG per image. Same seed, same bytes. " + _CAP
+    "or one PNG per image. Same seed, same bytes. " + _CAP + " Writes: samples.png (or --out; "
+    "not with --no-grid), --npy FILE and --images-dir's sample_NNNNN.png files if given; an "
+    "existing file only with --force."
 )
 
 
@@ -84,9 +99,12 @@ def generate(
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Rows per run."),
     provider: list[str] = _provider_option(),
     threads: int | None = typer.Option(None, "--threads", help=_THREADS_HELP, show_default=False),
+    force: bool = _force_option(),
+    quiet: bool = _quiet_option(),
 ) -> None:
     """Decode samples from the prior into a grid PNG (and .npy / per-image files)."""
-    print(
+    _say(
+        quiet,
         tasks.write_samples(
             decoder,
             out if grid else None,
@@ -103,7 +121,8 @@ def generate(
             providers=provider,
             threads=threads,
             batch_size=batch_size,
-        )
+            force=force,
+        ),
     )
 
 
@@ -113,6 +132,8 @@ _INTERPOLATE_HELP = (
     + CONVERSION
     + " "
     + _CAP
+    + " Writes: interpolation.png (or --out), interpolation.gif (or --gif; not with --no-gif), "
+    "--npy FILE if given; an existing file only with --force."
 )
 
 
@@ -166,9 +187,12 @@ def interpolate(
     ),
     provider: list[str] = _provider_option(),
     threads: int | None = typer.Option(None, "--threads", help=_THREADS_HELP, show_default=False),
+    force: bool = _force_option(),
+    quiet: bool = _quiet_option(),
 ) -> None:
     """Interpolate between two latents and write the path as a grid PNG and a GIF."""
-    print(
+    _say(
+        quiet,
         tasks.write_interpolation(
             decoder,
             out,
@@ -188,13 +212,15 @@ def interpolate(
             npy=npy,
             providers=provider,
             threads=threads,
-        )
+            force=force,
+        ),
     )
 
 
 _RECONSTRUCT_HELP = (
     "Encode input images and decode them again: a grid PNG in which each row of originals is "
-    "followed by the row of their reconstructions. " + CONVERSION + " " + _CAP
+    "followed by the row of their reconstructions. " + CONVERSION + " " + _CAP + " Writes: "
+    "reconstructions.png (or --out), --npy FILE if given; an existing file only with --force."
 )
 
 
@@ -230,9 +256,12 @@ def reconstruct(
     ),
     provider: list[str] = _provider_option(),
     threads: int | None = typer.Option(None, "--threads", help=_THREADS_HELP, show_default=False),
+    force: bool = _force_option(),
+    quiet: bool = _quiet_option(),
 ) -> None:
     """Reconstruct input images through encoder.onnx and decoder.onnx."""
-    print(
+    _say(
+        quiet,
         tasks.write_reconstructions(
             encoder,
             decoder,
@@ -245,5 +274,6 @@ def reconstruct(
             npy=npy,
             providers=provider,
             threads=threads,
-        )
+            force=force,
+        ),
     )

@@ -1,8 +1,9 @@
 """Outputs that never lose work: checked before any work, staged, then replaced as one set.
 
 `Outputs(targets, reads=..., force=...)` checks every target before the command does anything:
-it must be absent or a regular file (never a symlink, folder, FIFO, device or socket), not one of
-the command's inputs (compared by real path and by inode, so symlinks, `..` and hard links are
+it must be absent, or a regular file and `force` given (never a symlink, folder, FIFO, device or
+socket, not even with `force`; `refused_existing` words the refusal every command prints), not one
+of the command's inputs (compared by real path and by inode, so symlinks, `..` and hard links are
 seen through), not another target, and in a writable folder. Entered, it locks each target folder
 (flock: a crashed process leaves no stale lock) and makes missing folders when asked. Files are
 written into a hidden staging folder beside their targets; `commit()` moves them into place
@@ -68,6 +69,21 @@ def naming(target: Path) -> Iterator[None]:
         raise output_error(target, exc) from None
 
 
+FORCE_FLAG = "--force (-f)"  # the one spelling of the flag every command's refusal names
+
+
+def refused_existing(target: Path | str, kind: str = "") -> OutputRefusedError:
+    """The refusal of an output path that already exists, the same line in every command:
+    a regular file (`kind` "") is replaced only with --force; anything else (`kind`: "a folder",
+    "a FIFO", ...) never, not even with it."""
+    if not kind:
+        return OutputRefusedError(f"{target} already exists; pass {FORCE_FLAG} to replace it")
+    return OutputRefusedError(
+        f"{target} already exists and is {kind}; mnist-vae replaces only regular files, even "
+        f"with {FORCE_FLAG}: choose another path"
+    )
+
+
 def _kind(mode: int) -> str:
     for test, name in (
         (stat.S_ISLNK, "a symbolic link"),
@@ -109,7 +125,9 @@ def _unwritable(folder: Path) -> str:
 def _check_folder(folder: Path, create: bool) -> None:
     if folder.exists():
         if not folder.is_dir():
-            raise OutputRefusedError(f"output folder {folder} is not a folder; choose a folder")
+            raise OutputRefusedError(
+                f"output folder {folder} already exists and is not a folder; choose another path"
+            )
         if reason := _unwritable(folder):
             raise OutputError(f"output folder {folder} is not writable: {reason}")
         return
@@ -129,8 +147,9 @@ class Outputs:
     ...     out.write_bytes(grid, png)          # staged, invisible to others
     ...     out.commit()                        # every staged file replaces its target at once
 
-    `force` allows replacing existing regular files; `create_dirs` makes missing folders (and
-    removes them again if the command ends with nothing committed into them).
+    `force` allows replacing existing regular files (without it, an existing target is refused
+    before any work: `refused_existing`); `create_dirs` makes missing folders (and removes them
+    again if the command ends with nothing committed into them).
     """
 
     def __init__(
@@ -138,7 +157,7 @@ class Outputs:
         targets: Iterable[Path | str],
         *,
         reads: Iterable[Path | str] = (),
-        force: bool = True,
+        force: bool = False,
         create_dirs: bool = False,
     ) -> None:
         self.targets = [Path(t) for t in targets]
@@ -177,10 +196,7 @@ class Outputs:
             except OSError as exc:
                 raise output_error(target, exc) from None
             if st is not None and not stat.S_ISREG(st.st_mode):
-                raise OutputRefusedError(
-                    f"output path {target} is {_kind(st.st_mode)}; mnist-vae writes regular "
-                    "files only (choose another path)"
-                )
+                raise refused_existing(target, _kind(st.st_mode))
             source = by_path.get(real) or (
                 by_inode.get((st.st_dev, st.st_ino)) if st is not None else None
             )
@@ -196,7 +212,7 @@ class Outputs:
                 )
             seen[real] = target
             if st is not None and not force:
-                raise OutputRefusedError(f"{target} already exists; pass --force to replace it")
+                raise refused_existing(target)
 
     # -- lifetime ------------------------------------------------------------------------------
 

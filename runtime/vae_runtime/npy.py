@@ -65,7 +65,7 @@ class NpyWriter:
 
         outputs = self._outputs
         if outputs is None:
-            outputs = self._own = Outputs([self.path]).__enter__()
+            outputs = self._own = Outputs([self.path], force=True).__enter__()
         try:
             self._file = outputs.open(self.path)
             header = {

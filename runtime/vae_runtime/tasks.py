@@ -71,11 +71,13 @@ def write_samples(
     providers: Sequence[str] | None = None,
     threads: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    force: bool = False,
 ) -> str:
     """Decode `count` samples (default rows * cols) from `seed` at `temperature`; write the first
     rows * cols as a grid PNG at `out` (None: no grid), all of them to `npy` (float32
     (count, 1, 28, 28)) and/or one PNG each into `images_dir`. With `manifold`, decode the
-    rows x cols lattice of `manifold_latents` instead (latent size 2 only). Returns a summary."""
+    rows x cols lattice of `manifold_latents` instead (latent size 2 only). An existing output
+    is replaced only with `force`. Returns a summary."""
     grid_size(rows, cols, _SIDE, _SIDE, padding, scale)  # the grid's rules and pixel cap
     if manifold and count is not None:
         raise InvalidArgumentError("--count does not apply to --manifold (rows x cols decide)")
@@ -97,7 +99,9 @@ def write_samples(
     files = [Path(images_dir) / name for name in names] if images_dir is not None else []
     targets = [p for p in (npy, *files, out) if p is not None]
 
-    with Outputs(targets, reads=_graph_reads(decoder_path), create_dirs=True) as outputs:
+    with Outputs(
+        targets, reads=_graph_reads(decoder_path), force=force, create_dirs=True
+    ) as outputs:
         decoder = Decoder.load(decoder_path, providers=providers, threads=threads)
         if manifold:
             if decoder.latent_dim != 2:
@@ -170,11 +174,13 @@ def write_interpolation(
     npy: Path | None = None,
     providers: Sequence[str] | None = None,
     threads: int | None = None,
+    force: bool = False,
 ) -> str:
     """Walk `steps` latents from one end to the other and decode them. The ends are two prior
     samples (`from_seed`, `to_seed`, at `temperature`), or, with `encoder_path`, the latent means
     of the first two images in `inputs`. Writes a grid PNG (`cols` per row, default all in one
-    row), an animated GIF that goes there and back, and/or the float32 images as .npy."""
+    row), an animated GIF that goes there and back, and/or the float32 images as .npy. An
+    existing output is replaced only with `force`."""
     check_interpolation(steps, method)
     cols = steps if cols is None else cols
     grid_size(grid_rows(steps, cols), cols, _SIDE, _SIDE, padding, scale)
@@ -199,7 +205,7 @@ def write_interpolation(
     targets = [p for p in (npy, gif, out) if p is not None]
     reads = [*_graph_reads(decoder_path, encoder_path), *map(Path, inputs)]
 
-    with Outputs(targets, reads=reads, create_dirs=True) as outputs:
+    with Outputs(targets, reads=reads, force=force, create_dirs=True) as outputs:
         decoder = Decoder.load(decoder_path, providers=providers, threads=threads)
         if encoder_path is not None:
             encoder = Encoder.load(encoder_path, providers=providers, threads=threads)
@@ -249,10 +255,12 @@ def write_reconstructions(
     npy: Path | None = None,
     providers: Sequence[str] | None = None,
     threads: int | None = None,
+    force: bool = False,
 ) -> str:
     """Encode up to `count` images from `inputs` (image or IDX files, see inputs.CONVERSION),
     decode their latent means, and write a grid PNG: each row of `cols` originals is followed
-    by the row of their reconstructions. `npy`: the reconstructions, float32 (N, 1, 28, 28)."""
+    by the row of their reconstructions. `npy`: the reconstructions, float32 (N, 1, 28, 28).
+    An existing output is replaced only with `force`."""
     check_limit(count)
     grid_size(2 * grid_rows(count, cols), cols, _SIDE, _SIDE, padding, scale)
     if not inputs:
@@ -261,7 +269,7 @@ def write_reconstructions(
     targets = [p for p in (npy, out) if p is not None]
     reads = [*_graph_reads(decoder_path, encoder_path), *map(Path, inputs)]
 
-    with Outputs(targets, reads=reads, create_dirs=True) as outputs:
+    with Outputs(targets, reads=reads, force=force, create_dirs=True) as outputs:
         encoder = Encoder.load(encoder_path, providers=providers, threads=threads)
         decoder = Decoder.load(decoder_path, providers=providers, threads=threads)
         check_pair(encoder, decoder)

@@ -21,7 +21,8 @@ _HELP = (
     "(decoder_int8, ...), plus /samples.png (vae-generate's grid) and Prometheus /metrics. "
     "Binds 127.0.0.1 unless --host says otherwise; stops on SIGTERM or Ctrl-C after answering "
     "the requests in flight. With --ray, the same app runs as a Ray Serve deployment (replicas, "
-    "autoscaling, a cluster with --ray-address); needs pip install 'mnist-vae[ray]'."
+    "autoscaling, a cluster with --ray-address); needs pip install 'mnist-vae[ray]'. Writes: "
+    "nothing, except the file of --write-serve-config FILE (an existing one only with --force)."
 )
 
 app = make_app(_HELP)
@@ -110,8 +111,22 @@ def serve_command(
         "these options, and exit (the graph paths must exist where the app is built).",
         show_default=False,
     ),
+    force: bool = typer.Option(
+        False, "--force", "-f", help="Replace the --write-serve-config file if it exists."
+    ),
+    quiet: bool = typer.Option(
+        False,
+        "--quiet",
+        "-q",
+        help="Print nothing but errors: no start and stop lines, uvicorn's log level 'error'.",
+    ),
 ) -> None:
     """Serve the graphs over HTTP (Open Inference Protocol)."""
+
+    def say(line: str) -> None:
+        if not quiet:
+            print(line, flush=True)
+
     config = ServeConfig(
         onnx_dir=onnx_dir,
         decoder=decoder,
@@ -131,8 +146,8 @@ def serve_command(
     ):
         raise InvalidArgumentError("replica options go with --ray or --write-serve-config")
     if not (on_ray or write_serve_config):
-        listen = Listen(host, port, workers, log_level, access_log, drain_seconds)
-        print(serve(config, listen, lambda line: print(line, flush=True)))
+        level = "error" if quiet else log_level
+        say(serve(config, Listen(host, port, workers, level, access_log, drain_seconds), say))
         return
     if workers != 1:
         raise InvalidArgumentError("with Ray Serve, scale with --num-replicas, not --workers")
@@ -147,13 +162,12 @@ def serve_command(
         num_cpus,
     ).check()
     if write_serve_config is not None:
-        ray_serve.write_serve_config(write_serve_config, config, replicas, host, port)
-        print(
+        ray_serve.write_serve_config(write_serve_config, config, replicas, host, port, force=force)
+        say(
             f"wrote {write_serve_config}; run it with `serve run {write_serve_config}` "
             f"(or `serve deploy {write_serve_config}` on a running cluster)"
         )
         return
     # Runs in vae-serve --ray's own process (tests/cluster/test_ray.py starts it for real).
     check_int("port", port, 0, 65535)  # pragma: no cover
-    announce = lambda line: print(line, flush=True)  # noqa: E731  # pragma: no cover
-    print(ray_serve.run(config, replicas, host, port, ray_address, announce))  # pragma: no cover
+    say(ray_serve.run(config, replicas, host, port, ray_address, say))  # pragma: no cover

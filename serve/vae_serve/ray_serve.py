@@ -243,16 +243,23 @@ def serve_config(config: ServeConfig, replicas: Replicas, host: str, port: int) 
 
 
 def write_serve_config(
-    path: Path, config: ServeConfig, replicas: Replicas, host: str, port: int
+    path: Path,
+    config: ServeConfig,
+    replicas: Replicas,
+    host: str,
+    port: int,
+    *,
+    force: bool = False,
 ) -> None:
-    """Write `serve_config(...)` to `path` as YAML (checked, staged and renamed into place)."""
+    """Write `serve_config(...)` to `path` as YAML (checked, staged and renamed into place; an
+    existing file replaced only with `force`)."""
     try:
         import yaml  # type: ignore[import-untyped,unused-ignore]
     except ImportError:
         raise VaeError(f"writing a Serve config file needs PyYAML; {INSTALL_HINT}") from None
     content = serve_config(config, replicas, host, port)
     text = "# Ray Serve config of mnist-vae (vae-serve --write-serve-config)\n"
-    write_file(path, (text + yaml.safe_dump(content, sort_keys=False)).encode("utf-8"))
+    write_file(path, (text + yaml.safe_dump(content, sort_keys=False)).encode("utf-8"), force=force)
 
 
 def free_port(host: str) -> int:

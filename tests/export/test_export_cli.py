@@ -44,7 +44,7 @@ def _old_outputs(folder: Path) -> Path:
 def test_export_prints_the_table_and_respects_force(
     checkpoints: dict[str, Path], mnist_dir: Path, tmp_path: Path
 ) -> None:
-    code, out, err = _invoke(checkpoints["tiny"], "--out-dir", tmp_path, "--data-dir", mnist_dir)
+    code, out, err = _invoke(checkpoints["tiny"], "--out", tmp_path, "--data-dir", mnist_dir)
     assert (code, err) == (0, "")
     assert "max abs" in out
     assert "t10k images" in out  # the encoder was checked on the data folder's test images
@@ -54,8 +54,8 @@ def test_export_prints_the_table_and_respects_force(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(OUTPUTS)
 
     before = _snapshot(tmp_path)
-    result = CliRunner().invoke(cli.app, [str(checkpoints["tiny"]), "--out-dir", str(tmp_path)])
-    expect_error(result, 2, "already exists; pass --force to replace it")
+    result = CliRunner().invoke(cli.app, [str(checkpoints["tiny"]), "--out", str(tmp_path)])
+    expect_error(result, 2, r"already exists; pass --force \(-f\) to replace it$")
     assert _snapshot(tmp_path) == before
 
     code, out, err = _invoke(checkpoints["tiny"], "-o", tmp_path, "--force", "--quiet")
@@ -64,7 +64,7 @@ def test_export_prints_the_table_and_respects_force(
     assert all(after[name][1] != before[name][1] for name in OUTPUTS)  # renamed into place
 
 
-def test_default_out_dir_is_the_checkpoints_folder(
+def test_default_out_is_the_checkpoints_folder(
     checkpoints: dict[str, Path], tmp_path: Path
 ) -> None:
     model = tmp_path / "model.pt"
@@ -81,14 +81,14 @@ def _no_export(*args: object, **kwargs: object) -> None:
 @pytest.mark.parametrize(
     ("make_args", "code", "expected"),
     [
-        (lambda tmp: ["--out-dir", tmp / "file.txt"], 2, "is not a folder"),
-        (lambda tmp: ["--out-dir", tmp / "file.txt" / "x"], 2, "cannot create output folder"),
+        (lambda tmp: ["--out", tmp / "file.txt"], 2, "is not a folder"),
+        (lambda tmp: ["--out", tmp / "file.txt" / "x"], 2, "cannot create output folder"),
         (lambda tmp: ["--opset", "9"], 2, r"opset must be in 17\.\."),
         (lambda tmp: ["--opset", str(2**80)], 2, r"opset must be in 17\.\."),
         (lambda tmp: ["--data-dir", tmp / "empty"], 1, "no t10k-images-idx3-ubyte"),
-        (lambda tmp: ["--out-dir", tmp / "in"], 2, "is the input"),
+        (lambda tmp: ["--out", tmp / "in"], 2, "is the input"),
     ],
-    ids=["out-dir is a file", "below a file", "opset", "huge opset", "empty data", "onto input"],
+    ids=["out is a file", "below a file", "opset", "huge opset", "empty data", "onto input"],
 )
 def test_problems_are_reported_before_any_export_work(
     make_args: Callable[[Path], list[object]],

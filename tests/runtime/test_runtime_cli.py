@@ -127,7 +127,9 @@ def test_generate_default_is_a_5x5_grid_and_byte_identical(graphs, work: Path) -
         assert image.size == (5 * 30 + 2, 5 * 30 + 2)
         assert image.mode == "L"
     assert files_in(work) == {"samples.png"}  # no temporary file left behind
-    assert run(generate_app, ["--onnx", graphs["decoder"]]).exit_code == 0
+    again = run(generate_app, ["--onnx", graphs["decoder"]])  # an existing file: refused
+    expect_error(again, 2, r"samples.png already exists; pass --force \(-f\) to replace it$")
+    assert run(generate_app, ["--onnx", graphs["decoder"], "--force"]).exit_code == 0
     assert (work / "samples.png").read_bytes() == first
     run(generate_app, ["--onnx", graphs["decoder"], "--seed", "1", "-o", "other.png"])
     assert (work / "other.png").read_bytes() != first

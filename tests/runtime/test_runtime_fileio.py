@@ -75,9 +75,27 @@ def test_two_outputs_on_one_file_and_existing_files_without_force(folder: Path) 
     (folder / "sub").mkdir()
     refuse(folder, [folder / "a", folder / "sub" / ".." / "a"], [], "are the same file")
     before = tree(folder)
+    with pytest.raises(OutputRefusedError, match=r"old.bin already exists; pass --force \(-f\)"):
+        Outputs([folder / "old.bin"])  # without force: the default
     with pytest.raises(OutputRefusedError, match=r"old.bin already exists; pass --force"):
         Outputs([folder / "old.bin"], force=False)
     assert tree(folder) == before
+    Outputs([folder / "old.bin"], force=True)  # checked, allowed; nothing written yet
+    assert tree(folder) == before
+
+
+def test_a_folder_or_fifo_is_refused_even_with_force(folder: Path) -> None:
+    """Not a regular file: never replaced; the line says so and names the flag."""
+    os.mkfifo(folder / "pipe")
+    (folder / "dir").mkdir()
+    for name, kind in (("pipe", "a FIFO"), ("dir", "a folder")):
+        for force in (False, True):
+            with pytest.raises(OutputRefusedError) as info:
+                Outputs([folder / name], force=force)
+            assert str(info.value) == (
+                f"{folder / name} already exists and is {kind}; mnist-vae replaces only "
+                "regular files, even with --force (-f): choose another path"
+            )
 
 
 def test_folders_missing_or_unwritable(tmp_path: Path) -> None:
@@ -93,7 +111,7 @@ def test_folders_missing_or_unwritable(tmp_path: Path) -> None:
 
 def test_commit_replaces_the_set_and_leaves_nothing_else(folder: Path) -> None:
     a, b = folder / "old.bin", folder / "new" / "deep" / "b.bin"
-    with Outputs([a, b], create_dirs=True) as out:
+    with Outputs([a, b], force=True, create_dirs=True) as out:
         out.write_bytes(a, b"A1")
         with out.open(b) as f:
             f.write(b"B1")
@@ -112,7 +130,7 @@ def test_commit_replaces_the_set_and_leaves_nothing_else(folder: Path) -> None:
 def test_a_scratch_file_is_read_back_and_never_committed(folder: Path) -> None:
     before = tree(folder)
     target, reference = folder / "decoder.int8.onnx", folder / "decoder.onnx"
-    with Outputs([target]) as out:
+    with Outputs([target], force=True) as out:
         path = out.write_scratch(reference, b"fp32")
         assert path.read_bytes() == b"fp32" and path.parent != folder  # hidden, staged
         for wrong in (target, folder / "elsewhere" / "x.onnx"):  # an output; not beside one
@@ -126,7 +144,7 @@ def test_a_scratch_file_is_read_back_and_never_committed(folder: Path) -> None:
 def test_abort_restores_everything_and_removes_the_folders_it_made(folder: Path) -> None:
     before = tree(folder)
     a, b = folder / "old.bin", folder / "made" / "here" / "b.bin"
-    with pytest.raises(RuntimeError), Outputs([a, b], create_dirs=True) as out:
+    with pytest.raises(RuntimeError), Outputs([a, b], force=True, create_dirs=True) as out:
         out.write_bytes(a, b"new")
         out.write_bytes(b, b"new")
         raise RuntimeError("stop")
@@ -150,7 +168,7 @@ def test_a_failing_rename_puts_the_old_files_back(
     monkeypatch.setattr(os, "replace", replace)
     a, b = folder / "old.bin", folder / "b.bin"
     with pytest.raises(OutputError, match=r"b.bin: cannot write it: Input/output error"):  # noqa: SIM117
-        with Outputs([a, b]) as out:
+        with Outputs([a, b], force=True) as out:
             out.write_bytes(a, b"new a")
             out.write_bytes(b, b"new b")
             out.commit()
@@ -169,7 +187,7 @@ def test_write_errors_name_the_target_not_a_temporary_file(
         raise OSError(code, os.strerror(code), str(self))
 
     monkeypatch.setattr(Path, "write_bytes", failing)
-    with pytest.raises(OutputError) as info, Outputs([target]) as out:
+    with pytest.raises(OutputError) as info, Outputs([target], force=True) as out:
         out.write_bytes(target, b"new")
     monkeypatch.undo()
     assert str(info.value) == f"{target}: cannot write it: {os.strerror(code)}"
@@ -180,7 +198,7 @@ def test_write_errors_name_the_target_not_a_temporary_file(
 def test_a_target_swapped_for_a_symlink_after_the_check_is_not_replaced(folder: Path) -> None:
     target = folder / "old.bin"
     with pytest.raises(OutputRefusedError, match="became a symbolic link"):  # noqa: SIM117
-        with Outputs([target]) as out:
+        with Outputs([target], force=True) as out:
             out.write_bytes(target, b"new")
             target.unlink()
             target.symlink_to(folder / "input.bin")
@@ -223,7 +241,7 @@ def test_signals_wait_for_the_commit_to_finish(folder: Path) -> None:
     signals.install()
     try:
         a, b = folder / "old.bin", folder / "b.bin"
-        with pytest.raises(Interrupted) as info, Outputs([a, b]) as out:
+        with pytest.raises(Interrupted) as info, Outputs([a, b], force=True) as out:
             out.write_bytes(a, b"new a")
             out.write_bytes(b, b"new b")
             with signals.deferred():
@@ -245,7 +263,7 @@ def test_write_file_and_sha256(tmp_path: Path) -> None:
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     )
     with pytest.raises(InvalidArgumentError, match="not one of this command's outputs"):  # noqa: SIM117
-        with Outputs([tmp_path / "f"]) as out:
+        with Outputs([tmp_path / "f"], force=True) as out:
             out.write_bytes(tmp_path / "g", b"")
 
 

@@ -111,6 +111,6 @@ def test_commands_work_without_torch(graphs, tmp_path: Path, make_digits) -> Non
     result = run_blocked(["vae-interpolate", *pair, "a.png", "b.png", "--steps", "4"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "interpolation.gif").exists()
-    result = run_blocked(["vae-generate", "--onnx", graphs["encoder"]], tmp_path)
+    result = run_blocked(["vae-generate", "--onnx", graphs["encoder"], "--force"], tmp_path)
     assert result.returncode == 1
     assert result.stderr.startswith("vae-generate: error: ")

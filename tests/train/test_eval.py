@@ -4,6 +4,7 @@ ELBO and in k, the per-dimension figures, and the command as a user meets it."""
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 from collections.abc import Callable
@@ -19,8 +20,10 @@ from PIL import Image
 from typer.testing import CliRunner, Result
 
 from vae_runtime.errors import InvalidArgumentError
+from vae_train import cli as eval_cli
 from vae_train.cli import eval_app
 from vae_train.data import MnistImages
+from vae_train.device import Progress
 from vae_train.evaluate import EvalSettings, bound_terms, evaluate
 from vae_train.model import VAE, VAEConfig
 from vae_train.training import TrainSettings, train
@@ -183,6 +186,44 @@ def test_vae_eval_writes_json_and_chart(trained: Path, mnist_dir: Path, tmp_path
     assert (trained.parent / "eval_kl.png").is_file()
 
 
+def test_vae_eval_defaults_are_a_quick_estimate(
+    trained: Path, mnist_dir: Path, tmp_path: Path
+) -> None:
+    """k = 500 on the first 2,000 test images (all of them when the set holds fewer: 128 here);
+    -n 0 and -k 5000 give the full evaluation."""
+    assert (eval_cli.DEFAULT_SAMPLES, eval_cli.DEFAULT_COUNT) == (500, 2000)
+    out = tmp_path / "quick.json"
+    args = [trained, "--data-dir", mnist_dir, "--device", "cpu", "--no-chart", "-q"]
+    result = invoke(*args, "--out", out)
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "")
+    report = json.loads(out.read_text())
+    assert (report["samples"], report["images"]) == (500, 128)
+    result = invoke(*args, "--out", out, "-n", "0", "-k", "3")  # an existing file: refused
+    expect_error(result, 2, r"quick.json already exists; pass --force \(-f\) to replace it$")
+    assert invoke(*args, "--out", out, "-n", "0", "-k", "3", "--force").exit_code == 0
+    full = json.loads(out.read_text())
+    assert (full["samples"], full["images"]) == (3, 128)
+    assert "[default: 500]" in " ".join(invoke("--help").stdout.split())
+
+
+def test_progress_shows_in_a_log_too() -> None:
+    """Not a terminal: a plain line at most every `every` seconds (never one per batch)."""
+    log = io.StringIO()
+    progress = Progress(log, every=0.0)
+    progress.update("IWAE k=500", 16, 128, 95.25)
+    progress.clear()
+    assert log.getvalue().startswith("IWAE k=500  16/128  loss 95.25")
+    assert log.getvalue().endswith("s left\n") and "\r" not in log.getvalue()
+    slow = io.StringIO()
+    progress = Progress(slow)  # every PLAIN_EVERY = 5 s: nothing yet
+    for done in range(1, 100):
+        progress.update("IWAE", done, 100, 1.0)
+    assert slow.getvalue() == ""
+    quiet = io.StringIO()
+    Progress(quiet, enabled=False, every=0.0).update("IWAE", 1, 2, 1.0)
+    assert quiet.getvalue() == ""
+
+
 @pytest.mark.parametrize(
     ("extra", "code", "needle"),
     [
@@ -197,8 +238,8 @@ def test_vae_eval_bad_input_is_one_line(
 ) -> None:
     before = trained.read_bytes()
     extra = [e.replace("{model}", str(trained)) for e in extra]
-    result = invoke(trained, "-k", 2, "--data-dir", mnist_dir, "--device", "cpu", *extra)
-    expect_error(result, code, needle)
+    args = [trained, "-k", 2, "--data-dir", mnist_dir, "--device", "cpu", "--force"]
+    expect_error(invoke(*args, *extra), code, needle)
     assert trained.read_bytes() == before
 
 

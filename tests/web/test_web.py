@@ -142,7 +142,8 @@ def test_force_writes_into_an_existing_site(web_graphs: dict[str, Path], tmp_pat
     out = tmp_path / "site"
     assert run(["--onnx-dir", web_graphs["pair"], "--out", out]).exit_code == 0
     before = tree(out)
-    expect_error(run(["--onnx-dir", web_graphs["pair"], "--out", out]), 2, "pass --force")
+    refused = run(["--onnx-dir", web_graphs["pair"], "--out", out])
+    expect_error(refused, 2, r"site/\S+ already exists; pass --force \(-f\) to replace it$")
     assert tree(out) == before
     result = run(["--onnx-dir", web_graphs["decoder_only"], "--out", out, "--force"])
     assert result.exit_code == 0, result.output
@@ -189,7 +190,7 @@ def _broken_folders(root: Path, graphs: dict[str, Path]) -> dict[str, Path]:
         ("sha_mismatch", 1, "SHA-256 .* does not match"),
         ("int8_missing", 1, r"no decoder\.int8\.onnx; .*--precision int8"),
         ("bad_precision", 2, "precision must be one of fp32, int8, fp16, got 'int4'"),
-        ("out_is_input", 2, "already exists and is not empty"),
+        ("out_is_input", 2, "is the input"),
         ("out_is_input_forced", 2, "is the input"),
         ("out_is_a_file", 2, "is not a folder"),
     ],

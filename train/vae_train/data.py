@@ -156,7 +156,7 @@ def download(
         raise DataError(f"no known checksum for {filename}; cannot verify a download")
     target = Path(folder) / filename
     failures = []
-    with Outputs([target], create_dirs=True) as outputs:
+    with Outputs([target], force=True, create_dirs=True) as outputs:  # the cache's own file
         for mirror in mirrors:
             url = mirror.rstrip("/") + "/" + filename
             if log is not None:

@@ -20,6 +20,7 @@ from vae_runtime.errors import InvalidArgumentError
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
 DEVICES = "auto, cpu, cuda, cuda:N, mps"
+PLAIN_EVERY = 5.0  # seconds between progress lines where the stream is not a terminal
 # The arithmetic of training (vae-train --precision): not a graph's number format, which is
 # vae_runtime.contract.PRECISIONS (fp32, int8, fp16).
 COMPUTE_DTYPES = ("fp32", "bf16")
@@ -107,23 +108,36 @@ def flush_denormals() -> Iterator[None]:
 
 
 class Progress:
-    """One self-rewriting line on a terminal: epoch, batches, running loss, time left. Nothing at
-    all when the stream is not a terminal (a log file or a pipe gets the epoch lines only)."""
+    """Epoch (or stage), items done, running loss, time left. On a terminal, one self-rewriting
+    line; elsewhere (a log file, a pipe), a plain line at most every `every` seconds, so that a
+    log shows long work going on too. Nothing at all when not `enabled` (--quiet)."""
 
-    def __init__(self, stream: TextIO | None = None, enabled: bool = True) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, enabled: bool = True, every: float = PLAIN_EVERY
+    ) -> None:
         self.stream = stream if stream is not None else sys.stderr
-        self.enabled = enabled and self.stream.isatty()
-        self._start = time.perf_counter()
+        self.enabled = enabled
+        self.tty = enabled and self.stream.isatty()
+        self.every = every
+        self._start = self._last = time.perf_counter()
 
     def start(self) -> None:
-        self._start = time.perf_counter()
+        self._start = self._last = time.perf_counter()
 
     def update(self, epoch: str, done: int, total: int, loss: float) -> None:
         if not self.enabled:
             return
-        elapsed = time.perf_counter() - self._start
+        now = time.perf_counter()
+        elapsed = now - self._start
         left = elapsed / done * (total - done) if done else math.nan
         eta = f"{left:4.0f} s left" if math.isfinite(left) else ""
+        if not self.tty:
+            if now - self._last >= self.every:
+                self._last = now
+                line = f"{epoch}  {done}/{total}  loss {loss:.2f}  {eta.strip()}"
+                self.stream.write(line.rstrip() + "\n")
+                self.stream.flush()
+            return
         width = 24
         bar = "#" * (width * done // max(total, 1))
         self.stream.write(
@@ -132,6 +146,6 @@ class Progress:
         self.stream.flush()
 
     def clear(self) -> None:
-        if self.enabled:
+        if self.tty:
             self.stream.write("\r\033[K")
             self.stream.flush()

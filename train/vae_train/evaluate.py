@@ -49,13 +49,15 @@ _LOG_2PI = math.log(2 * math.pi)
 @dataclass(frozen=True)
 class EvalSettings:
     """How to evaluate: k importance samples per image, the first `count` test images (None:
-    all), the seed of the draws (and of the binarisation), the device, binarised targets."""
+    all; with `up_to`, all when the set holds fewer, else fewer is an error), the seed of the
+    draws (and of the binarisation), the device, binarised targets."""
 
     samples: int = DEFAULT_SAMPLES
     count: int | None = None
     seed: int = 0
     device: str = "auto"
     binarize: bool = False
+    up_to: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "samples", check_int("samples (k)", self.samples, 1, MAX_SAMPLES))
@@ -226,22 +228,23 @@ def run_eval(
     cache_dir: Path | None = None,
     log: Callable[[str], None] | None = None,
     progress: Progress | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Evaluate `model_path` on the test set; write eval.json (and the KL chart) through
-    `Outputs` (checked before any work: never over the model or the data); print a table
-    through `log`. Returns what eval.json holds."""
+    `Outputs` (checked before any work: never over the model or the data, over an existing file
+    only with `force`); print a table through `log`. Returns what eval.json holds."""
     model_path = Path(model_path)
     json_path, chart_path = eval_paths(model_path, Path(out) if out is not None else None)
     device = select_device(settings.device)
     reads = [model_path, *locate_mnist(data_dir, cache_dir)]
     targets = [json_path, chart_path] if chart else [json_path]
-    with Outputs(targets, reads=reads, create_dirs=True) as outputs:
+    with Outputs(targets, reads=reads, force=force, create_dirs=True) as outputs:
         ckpt = load_checkpoint(model_path)
         model = ckpt.build_model(model_path)
         data = load_mnist(data_dir, cache_dir=cache_dir, log=log)
         test = data.test
         if settings.count is not None:
-            if settings.count > len(test):
+            if settings.count > len(test) and not settings.up_to:
                 raise InvalidArgumentError(
                     f"count is {settings.count:,} but the test set has {len(test):,} images"
                 )

@@ -41,7 +41,6 @@ from vae_runtime.errors import (
     Interrupted,
     InvalidArgumentError,
     NumericalError,
-    OutputRefusedError,
     check_float,
     check_int,
 )
@@ -157,9 +156,9 @@ def train(
     `data` (already in memory) wins over `data_dir`, a folder read as it is, which wins over
     `cache_dir` (downloaded into; see `load_mnist`). With `resume`, the model, optimizer, epoch
     and generator states come from that checkpoint, whose config and settings must match
-    `config` and `settings` (except `epochs`, the new total, and `device`). A model.pt already
-    in `out_dir` is replaced only with `force`, or when it is the checkpoint being resumed;
-    `log` receives one line per epoch.
+    `config` and `settings` (except `epochs`, the new total, and `device`). Files already in
+    `out_dir` are replaced only with `force`, or when its model.pt is the checkpoint being
+    resumed (the run goes on there); `log` receives one line per epoch.
 
     Raises VaeError subclasses for bad input, NumericalError if the loss stops being finite,
     Interrupted (a KeyboardInterrupt) on Ctrl-C / SIGTERM, saying which epoch model.pt holds.
@@ -168,18 +167,13 @@ def train(
     model_path = out / MODEL_FILE
     resume_path = Path(resume) if resume is not None else None
     resuming_it = resume_path is not None and _same_file(resume_path, model_path)
-    if os.path.lexists(model_path) and not (force or resuming_it):
-        raise OutputRefusedError(
-            f"{model_path} already exists; continue it with --resume {model_path}, start over "
-            "with --force, or choose another --out"
-        )
     device = select_device(settings.device)
     require_compute_dtype(settings.compute_dtype, device)
     reads = [] if data is not None else locate_mnist(data_dir, cache_dir)
     if resume_path is not None and not resuming_it:
         reads.append(resume_path)
     targets = [out / name for name in OUTPUT_FILES]
-    with Outputs(targets, reads=reads, create_dirs=True) as outputs:
+    with Outputs(targets, reads=reads, force=force or resuming_it, create_dirs=True) as outputs:
         previous = None
         if resume_path is not None:
             previous = load_checkpoint(resume_path)

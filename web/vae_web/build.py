@@ -39,7 +39,6 @@ from vae_runtime.errors import (
     DataError,
     InvalidArgumentError,
     ModelFileError,
-    OutputRefusedError,
     check_path,
 )
 from vae_runtime.fileio import Outputs
@@ -175,8 +174,9 @@ def build_site(
     force: bool = False,
 ) -> str:
     """Write the site for the graphs in `onnx_dir` (decoder required, encoder optional, both of
-    `precision`) into the folder `out`, which must be absent or empty unless `force`. Returns a
-    one-line summary. Nothing is written unless every check passes and every file is staged."""
+    `precision`) into the folder `out` (made if missing); a file already there is replaced only
+    with `force`. Returns a one-line summary. Nothing is written unless every check passes and
+    every file is staged."""
     if precision not in PRECISIONS:
         raise InvalidArgumentError(
             f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
@@ -194,8 +194,6 @@ def build_site(
     encoder_file = source / graph_file("encoder", precision)
     encoder_path = encoder_file if encoder_file.exists() else None  # optional: no drawing
     ort = find_ort(ort_dir)
-    if out.is_dir() and not force and any(out.iterdir()):
-        raise OutputRefusedError(f"{out} already exists and is not empty; pass --force to replace")
 
     graphs = [p for p in (decoder_path, encoder_path) if p is not None]
     manifest_path = source / MANIFEST_FILE

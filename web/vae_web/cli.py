@@ -15,7 +15,9 @@ _HELP = (
     "Write a static web page that runs the exported graphs in the browser with onnxruntime-web "
     "(no server-side Python): a prior grid, one slider per latent dimension, drawing a digit "
     "(with an encoder), interpolation, and the map of a 2-D latent. Serve the folder with any "
-    "static file server (python -m http.server -d SITE); it loads nothing from the network."
+    "static file server (python -m http.server -d SITE); it loads nothing from the network. "
+    "Writes: the folder site (or --out): index.html, its scripts and style, model.json, the "
+    "graphs, manifest.json and onnxruntime-web's files; a file already there only with --force."
 )
 
 app = make_app(_HELP)
@@ -40,7 +42,12 @@ def web(
         f"(default: ${ORT_DIR_ENV}, else the checkout's web/vae_web/node_modules).",
         show_default=False,
     ),
-    force: bool = typer.Option(False, "--force", "-f", help="Write into an existing folder."),
+    force: bool = typer.Option(
+        False, "--force", "-f", help="Replace files already in the site's folder."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
     """Write the static site."""
-    print(build_site(onnx_dir, out, precision=precision, ort_dir=ort_dir, force=force))
+    summary = build_site(onnx_dir, out, precision=precision, ort_dir=ort_dir, force=force)
+    if not quiet:
+        print(summary)
