@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@echo "== install 1/2: $(TORCH), the CPU build (first time: ~1 min)"
 	$(PIP) $(TORCH)
 	@echo "== install 2/2: mnist-vae and its extras (first time: ~2 min, ~600 MB with Ray)"
-	$(PIP) -e '.[train,serve,ray,dev]'
+	$(PIP) -e '.[train,serve,ray,dev,docs]'
 	$(BIN)/python -c "import torch, vae_runtime, vae_train, vae_export, vae_serve, vae_web"
 	touch $@
 
@@ -40,6 +40,7 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/deptry .
+	$(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site
 
 # Two workers, a test file each at a time: much of the suite waits on commands it runs.
 test: lint web-deps-if-possible
