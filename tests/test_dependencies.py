@@ -9,11 +9,11 @@ from __future__ import annotations
 import ast
 import re
 import sys
-import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).parents[1]
 OURS = {"vae_runtime", "vae_train", "vae_export", "vae_serve", "vae_web"}

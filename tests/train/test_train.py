@@ -370,17 +370,12 @@ def test_device_selection() -> None:
         select_device("cuda:99")
 
 
-def test_the_compute_dtype_is_one_setting_under_two_names() -> None:
+def test_the_compute_dtype_is_not_a_graph_precision() -> None:
     """TrainSettings.compute_dtype is the training arithmetic (COMPUTE_DTYPES), not a graph's
-    number format (contract.PRECISIONS); the command line's --precision passes it as
-    `precision=`, which sets the same field and is not kept as a second one."""
+    number format (contract.PRECISIONS); errors name the command line's --precision."""
     assert COMPUTE_DTYPES == ("fp32", "bf16")
-    assert TrainSettings(precision="bf16") == TrainSettings(compute_dtype="bf16")
-    assert TrainSettings(precision="bf16").compute_dtype == "bf16"
     assert TrainSettings().compute_dtype == check_compute_dtype("fp32") == "fp32"
     for bad in ("fp16", "int8", None):
         with pytest.raises(InvalidArgumentError, match="--precision must be one of fp32, bf16"):
             TrainSettings(compute_dtype=bad)  # type: ignore[arg-type]
-    with pytest.raises(InvalidArgumentError, match="one setting"):
-        TrainSettings(compute_dtype="bf16", precision="fp32")
     require_compute_dtype("fp32", torch.device("cpu"))  # fp32 runs anywhere

@@ -19,7 +19,7 @@ from vae_runtime.errors import InvalidArgumentError
 from vae_train.checkpoint import load_checkpoint
 from vae_train.cli import app
 from vae_train.data import MnistImages, binarize
-from vae_train.device import bf16_missing, require_precision
+from vae_train.device import bf16_missing, require_compute_dtype
 from vae_train.model import VAEConfig
 from vae_train.training import MAX_PROGRESS_FRAMES, TrainSettings, train
 
@@ -34,8 +34,8 @@ def test_bf16_refused_where_the_cpu_lacks_it(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     assert "neither AVX512-BF16 nor AMX" in bf16_missing(torch.device("cpu"))
     with pytest.raises(InvalidArgumentError, match="--precision bf16 refused"):
-        require_precision("bf16", torch.device("cpu"))
-    require_precision("fp32", torch.device("cpu"))  # fp32 runs anywhere
+        require_compute_dtype("bf16", torch.device("cpu"))
+    require_compute_dtype("fp32", torch.device("cpu"))  # fp32 runs anywhere
     result = CliRunner().invoke(
         app, ["--precision", "bf16", "--device", "cpu"], prog_name="vae-train"
     )
@@ -47,7 +47,7 @@ def test_bf16_refused_where_the_cpu_lacks_it(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_precision_rule() -> None:
     with pytest.raises(InvalidArgumentError, match="precision must be one of fp32, bf16"):
-        TrainSettings(precision="fp16")
+        TrainSettings(compute_dtype="fp16")
     with pytest.raises(InvalidArgumentError, match="binarize"):
         TrainSettings(binarize=1)  # type: ignore[arg-type]
     assert "not offered on mps" in bf16_missing(torch.device("mps"))
@@ -59,7 +59,7 @@ def test_bf16_trains_float32_state_close_to_fp32(
 ) -> None:
     fp32 = train(tiny_settings(epochs=2), tiny_config, out_dir=tmp_path / "a", data=tiny_data)
     bf16 = train(
-        tiny_settings(epochs=2, precision="bf16"),
+        tiny_settings(epochs=2, compute_dtype="bf16"),
         tiny_config,
         out_dir=tmp_path / "b",
         data=tiny_data,
@@ -72,7 +72,7 @@ def test_bf16_trains_float32_state_close_to_fp32(
     )
     assert not torch.equal(fp32.state_dict["fc1.weight"], bf16.state_dict["fc1.weight"])
     assert abs(fp32.metrics[-1]["test_loss"] - bf16.metrics[-1]["test_loss"]) < 3.0
-    assert load_checkpoint(tmp_path / "b" / "model.pt").run["precision"] == "bf16"
+    assert load_checkpoint(tmp_path / "b" / "model.pt").run["compute_dtype"] == "bf16"
     # resume checks the precision like the other settings
     with pytest.raises(InvalidArgumentError, match="--precision bf16"):
         train(

@@ -120,7 +120,7 @@ def train_command(
         lr=lr,
         seed=seed,
         device=device,
-        precision=precision,
+        compute_dtype=precision,
         binarize=binarize,
     )
     train(

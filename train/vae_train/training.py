@@ -27,7 +27,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import InitVar, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +97,8 @@ class TrainSettings:
     """How to train (not what: the model's shape is VAEConfig). Stored in the checkpoint's `run`.
 
     `epochs` is the total a run reaches; a resumed run continues until it has that many.
-    `compute_dtype` is the training arithmetic, which the command line calls --precision; the
-    `precision=` keyword is accepted for it (vae_train.cli passes that name), but the settings
-    hold and store only `compute_dtype`."""
+    `compute_dtype` is the training arithmetic, which the command line calls --precision (a
+    graph's number format, contract.PRECISIONS, is another thing)."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -108,16 +107,8 @@ class TrainSettings:
     device: str = "auto"
     compute_dtype: str = "fp32"  # or "bf16": matmuls in bfloat16, everything else float32
     binarize: bool = False  # each epoch's pixels drawn as Bernoulli(intensity)
-    precision: InitVar[str | None] = None  # the command line's name of compute_dtype
 
-    def __post_init__(self, precision: str | None) -> None:
-        if precision is not None:
-            if self.compute_dtype not in ("fp32", precision):
-                raise InvalidArgumentError(
-                    f"compute_dtype {self.compute_dtype!r} and precision {precision!r} given: "
-                    "they are one setting, pass compute_dtype alone"
-                )
-            object.__setattr__(self, "compute_dtype", precision)
+    def __post_init__(self) -> None:
         # Stored as plain ints and floats whatever was given: the checkpoint keeps them, and a
         # numpy number would not survive its safe load.
         values = {
