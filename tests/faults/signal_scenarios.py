@@ -402,7 +402,7 @@ class World:
     def generate_npy(self, count: int) -> Scenario:
         """vae-generate -n COUNT --npy over an older samples.npy, no grid."""
         files = {**self._graphs, "out/samples.npy": _old_npy(), **self._notes}
-        args = ["vae-generate", "--onnx", "onnx/decoder.onnx", "-n", str(count)]
+        args = ["vae-generate", "--force", "--onnx", "onnx/decoder.onnx", "-n", str(count)]
         args += ["--npy", "out/samples.npy", "--no-grid"]
         sets = [outputs_set({"out/samples.npy": _npy((count, 1, 28, 28))})]
         return self._make(f"generate-npy-{count}", files, args, sets)
@@ -413,7 +413,16 @@ class World:
         from vae_runtime.images import image_file_names
 
         files = {**self._graphs, "out/samples.png": _png(), **self._notes}
-        args = ["vae-generate", "--onnx", "onnx/decoder.onnx", "-n", str(count), "--seed", "3"]
+        args = [
+            "vae-generate",
+            "--force",
+            "--onnx",
+            "onnx/decoder.onnx",
+            "-n",
+            str(count),
+            "--seed",
+            "3",
+        ]
         args += ["--images-dir", "out/each", "-o", "out/samples.png"]
         each = {f"out/each/{n}": _image_problem for n in image_file_names("sample", count)}
         sets = [outputs_set({**each, "out/samples.png": _image_problem})]
@@ -422,7 +431,7 @@ class World:
     def generate_small(self) -> Scenario:
         """vae-generate's default 5x5 grid over an older one."""
         files = {**self._graphs, "out/samples.png": _png(), **self._notes}
-        args = ["vae-generate", "--onnx", "onnx/decoder.onnx", "-o", "out/samples.png"]
+        args = ["vae-generate", "--force", "--onnx", "onnx/decoder.onnx", "-o", "out/samples.png"]
         sets = [outputs_set({"out/samples.png": _image_problem})]
         return self._make("generate-small", files, args, sets)
 
@@ -430,7 +439,7 @@ class World:
         """vae-interpolate: grid, GIF and .npy, each over an older file."""
         files = {**self._graphs, **self._notes}
         files |= {"out/path.png": _png(), "out/path.gif": _old_gif(), "out/path.npy": _old_npy()}
-        args = ["vae-interpolate", "--onnx", "onnx/decoder.onnx", "--steps", "10"]
+        args = ["vae-interpolate", "--force", "--onnx", "onnx/decoder.onnx", "--steps", "10"]
         args += ["-o", "out/path.png", "--gif", "out/path.gif", "--npy", "out/path.npy"]
         checks = {"out/path.npy": _npy((10, 1, 28, 28)), "out/path.gif": _gif(18)}
         sets = [outputs_set({**checks, "out/path.png": _image_problem})]
@@ -440,7 +449,7 @@ class World:
         """vae-reconstruct of ten test digits: grid and .npy over older files."""
         files = {**self._graphs, **self._notes, "out/rec.png": _png(), "out/rec.npy": _old_npy()}
         files[f"data/{TEST_GZ}"] = (self.tiny.data / TEST_GZ).read_bytes()
-        args = ["vae-reconstruct", "--encoder", "onnx/encoder.onnx"]
+        args = ["vae-reconstruct", "--force", "--encoder", "onnx/encoder.onnx"]
         args += ["--decoder", "onnx/decoder.onnx", f"data/{TEST_GZ}", "-n", "10"]
         args += ["-o", "out/rec.png", "--npy", "out/rec.npy"]
         sets = [outputs_set({"out/rec.png": _image_problem, "out/rec.npy": _npy((10, 1, 28, 28))})]

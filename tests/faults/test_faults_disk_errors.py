@@ -111,15 +111,17 @@ class Injector:
 
 EIO = {  # command line, older outputs; fresh/ and new/ are folders the command makes
     "vae-generate": (
-        words(f"--onnx {DEC} -n 3 --npy fresh/deep/s.npy --images-dir out/imgs -o out/g.png"),
+        words(
+            f"--force --onnx {DEC} -n 3 --npy fresh/deep/s.npy --images-dir out/imgs -o out/g.png"
+        ),
         ("out/g.png", *_images("out/imgs", 2)),
     ),
     "vae-interpolate": (
-        words(f"--onnx {DEC} --steps 3 --npy out/i.npy --gif out/i.gif -o out/i.png"),
+        words(f"--force --onnx {DEC} --steps 3 --npy out/i.npy --gif out/i.gif -o out/i.png"),
         ("out/i.png", "out/i.gif"),
     ),
     "vae-reconstruct": (
-        words(f"--encoder {ENC} --decoder {DEC} a.png --npy out/r.npy -o new/r.png"),
+        words(f"--force --encoder {ENC} --decoder {DEC} a.png --npy out/r.npy -o new/r.png"),
         ("out/r.npy",),
     ),
     "vae-train": ((*TRAIN, "--out", "out", "--force"), tuple(f"out/{n}" for n in TRAIN_FILES)),
@@ -313,18 +315,18 @@ class Vanish:
 
 VANISH = {
     "decoder-after-checks": Vanish(
-        "vae-generate", words(f"--onnx {DEC} -o fresh/g.png"), "enter", DEC, re.escape(DEC)
+        "vae-generate", words(f"--force --onnx {DEC} -o fresh/g.png"), "enter", DEC, re.escape(DEC)
     ),
     "input-image-of-reconstruct": Vanish(
         "vae-reconstruct",
-        words(f"--encoder {ENC} --decoder {DEC} a.png b.png -o fresh/r.png"),
+        words(f"--force --encoder {ENC} --decoder {DEC} a.png b.png -o fresh/r.png"),
         "check_pair",
         "b.png",
         "b.png",
     ),
     "input-image-of-interpolate": Vanish(
         "vae-interpolate",
-        words(f"--onnx {DEC} --encoder {ENC} a.png b.png -o out/i.png --no-gif"),
+        words(f"--force --onnx {DEC} --encoder {ENC} a.png b.png -o out/i.png --no-gif"),
         "check_pair",
         "a.png",
         "a.png",
@@ -354,7 +356,7 @@ VANISH = {
     ),
     "output-folder": Vanish(
         "vae-generate",
-        words(f"--onnx {DEC} --npy out/s.npy -o out/g.png"),
+        words(f"--force --onnx {DEC} --npy out/s.npy -o out/g.png"),
         "enter",
         "out",
         re.escape("out/s.npy") + ": cannot write it: No such file or directory",
@@ -432,7 +434,9 @@ def test_an_output_that_vanishes_before_the_commit_is_simply_written(
     """An older output deleted meanwhile is no fault: the new one takes its place."""
     write_old(work, ["out/g.png", "out/s.npy"])
     _before_commit(monkeypatch, lambda: (work / "out" / "g.png").unlink())
-    result = invoke("vae-generate", ["--onnx", DEC, "--npy", "out/s.npy", "-o", "out/g.png"])
+    result = invoke(
+        "vae-generate", ["--force", "--onnx", DEC, "--npy", "out/s.npy", "-o", "out/g.png"]
+    )
     assert result.exit_code == 0, result.stderr
     assert (work / "out" / "g.png").read_bytes().startswith(b"\x89PNG")
     assert np.load(work / "out" / "s.npy").shape == (25, 1, 28, 28)

@@ -70,28 +70,32 @@ class Combo:
 COMBOS = {
     "generate-all": Combo(
         "vae-generate",
-        words(f"--onnx {DEC} -n 30 --npy fresh/deep/s.npy --images-dir out/imgs -o out/g.png"),
+        words(
+            f"--force --onnx {DEC} -n 30 --npy fresh/deep/s.npy --images-dir out/imgs -o out/g.png"
+        ),
         ("fresh/deep/s.npy", *_images("out/imgs", 30), "out/g.png"),
         fresh=("fresh",),
     ),
     "generate-images": Combo(
         "vae-generate",
-        words(f"--onnx {DEC} -n 30 --scale 2 --images-dir out/imgs -o out/g.png"),
+        words(f"--force --onnx {DEC} -n 30 --scale 2 --images-dir out/imgs -o out/g.png"),
         (*_images("out/imgs", 30), "out/g.png"),
     ),
     "interpolate-all": Combo(
         "vae-interpolate",
-        words(f"--onnx {DEC} --npy out/i.npy --gif out/i.gif -o out/i.png"),
+        words(f"--force --onnx {DEC} --npy out/i.npy --gif out/i.gif -o out/i.png"),
         ("out/i.npy", "out/i.gif", "out/i.png"),
     ),
     "interpolate-grid-last": Combo(
         "vae-interpolate",
-        words(f"--onnx {DEC} --no-gif --steps 2 --scale 32 --npy out/i.npy -o out/i.png"),
+        words(f"--force --onnx {DEC} --no-gif --steps 2 --scale 32 --npy out/i.npy -o out/i.png"),
         ("out/i.npy", "out/i.png"),
     ),
     "reconstruct": Combo(
         "vae-reconstruct",
-        words(f"--encoder {ENC} --decoder {DEC} {TEST_IMAGES} -n 2 --scale 16 --npy out/r.npy")
+        words(
+            f"--force --encoder {ENC} --decoder {DEC} {TEST_IMAGES} -n 2 --scale 16 --npy out/r.npy"
+        )
         + words("-o out/r.png"),
         ("out/r.npy", "out/r.png"),
     ),
@@ -293,7 +297,7 @@ FULL = {
     # An .npy is checked against the free space before it is allocated: a message of its own.
     "generate-npy": Full(
         "vae-generate",
-        words(f"--onnx {DEC} -n 30 --npy disk/s.npy -o disk/g.png"),
+        words(f"--force --onnx {DEC} -n 30 --npy disk/s.npy -o disk/g.png"),
         32 << 10,
         "disk/s.npy",
         ("disk/s.npy", "disk/g.png"),
@@ -301,22 +305,22 @@ FULL = {
     ),
     "generate-images": Full(
         "vae-generate",
-        words(f"--onnx {DEC} -n 30 --scale 2 --images-dir disk/imgs -o disk/g.png"),
+        words(f"--force --onnx {DEC} -n 30 --scale 2 --images-dir disk/imgs -o disk/g.png"),
         24 << 10,
         r"disk/imgs/sample_000\d\d\.png",
         ("disk/g.png", *_images("disk/imgs", 3)),
     ),
     "interpolate": Full(
         "vae-interpolate",
-        words(f"--onnx {DEC} --npy disk/i.npy --gif disk/i.gif -o disk/i.png"),
+        words(f"--force --onnx {DEC} --npy disk/i.npy --gif disk/i.gif -o disk/i.png"),
         64 << 10,
         "disk/i.gif",
         ("disk/i.gif", "disk/i.png"),
     ),
     "reconstruct": Full(
         "vae-reconstruct",
-        words(f"--encoder {ENC} --decoder {DEC} {TEST_IMAGES} -n 20 --scale 8 --npy disk/r.npy")
-        + words("-o disk/r.png"),
+        words(f"--force --encoder {ENC} --decoder {DEC} {TEST_IMAGES} -n 20 --scale 8")
+        + words("--npy disk/r.npy -o disk/r.png"),
         80 << 10,
         "disk/r.png",
         ("disk/r.png",),
@@ -370,9 +374,11 @@ def test_a_real_full_disk_loses_nothing(
 
 # Every command into a folder on a read-only disk (as it is, and a folder to be made on it).
 READ_ONLY = {
-    "vae-generate": words(f"--onnx {DEC} -n 3 --npy disk/s.npy -o disk/g.png"),
-    "vae-interpolate": words(f"--onnx {DEC} --npy disk/i.npy --gif disk/i.gif -o disk/i.png"),
-    "vae-reconstruct": words(f"--encoder {ENC} --decoder {DEC} a.png -o disk/r.png"),
+    "vae-generate": words(f"--force --onnx {DEC} -n 3 --npy disk/s.npy -o disk/g.png"),
+    "vae-interpolate": words(
+        f"--force --onnx {DEC} --npy disk/i.npy --gif disk/i.gif -o disk/i.png"
+    ),
+    "vae-reconstruct": words(f"--force --encoder {ENC} --decoder {DEC} a.png -o disk/r.png"),
     "vae-train": (*TRAIN, "--out", "disk", "--force"),
     "vae-export": words("run/model.pt -o disk -q --force"),
 }
@@ -443,9 +449,11 @@ def public(tiny: Tiny, digits: tuple[bytes, bytes]) -> Iterator[Path]:
 
 
 ACCESS = {
-    "vae-generate": words(f"--onnx {DEC} -n 3 --npy box/s.npy -o box/g.png"),
-    "vae-interpolate": words(f"--onnx {DEC} --gif box/i.gif -o box/i.png"),
-    "vae-reconstruct": words(f"--encoder {ENC} --decoder {DEC} b.png --npy box/r.npy -o box/r.png"),
+    "vae-generate": words(f"--force --onnx {DEC} -n 3 --npy box/s.npy -o box/g.png"),
+    "vae-interpolate": words(f"--force --onnx {DEC} --gif box/i.gif -o box/i.png"),
+    "vae-reconstruct": words(
+        f"--force --encoder {ENC} --decoder {DEC} b.png --npy box/r.npy -o box/r.png"
+    ),
     "vae-train": (*TRAIN, "--out", "box", "--force"),
     "vae-export": words("run/model.pt -o box -q --force"),
 }
@@ -503,7 +511,7 @@ def test_an_unwritable_folder_is_refused_with_the_os_reason(
         root: Path = request.getfixturevalue("work")
         disk = request.getfixturevalue("tmpfs")("1m")
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-        result = run(["vae-generate", "--onnx", DEC, "-o", "disk/g.png"], root)
+        result = run(["vae-generate", "--force", "--onnx", DEC, "-o", "disk/g.png"], root)
         expect_error(result, 1, r"\bdisk\b.*Read-only file system")
     else:
         skip_unless_nobody_works()
@@ -512,6 +520,10 @@ def test_an_unwritable_folder_is_refused_with_the_os_reason(
         (root / "box").chmod(0o555)
         home = {"HOME": str(root.parent / "home")}
         result = server.run(
-            "vae-generate", ["--onnx", DEC, "-o", "box/g.png"], root, user=NOBODY, env=home
+            "vae-generate",
+            ["--force", "--onnx", DEC, "-o", "box/g.png"],
+            root,
+            user=NOBODY,
+            env=home,
         )
         expect_error(result, 1, r"\bbox\b.*Permission denied")

@@ -344,7 +344,7 @@ def test_the_download_never_replaces_a_non_regular_file(
     _make_thing(cached, kind, work / "other.txt", work)
     before = tree(work)
     result = invoke("vae-train", [*TRAIN[2:], "--out", "fresh/run"])
-    expect_error(result, 2, re.escape(f"cache/{CACHED} ") + PATTERN[kind])
+    expect_error(result, 2, re.escape(f"cache/{CACHED} already exists and ") + PATTERN[kind])
     assert tree(work) == before
 
 
@@ -390,6 +390,7 @@ def test_a_second_writer_into_a_folder_is_refused_and_a_killed_one_leaves_no_loc
         python_running(
             "test_faults_disk_targets",
             "_hold",
+            "--force",
             "--onnx",
             DEC,
             "-n",
@@ -435,7 +436,8 @@ def test_a_second_writer_into_a_folder_is_refused_and_a_killed_one_leaves_no_loc
     assert visible == old
     assert {k.split("/")[0] for k in after if k.startswith(STAGING)} <= set(staging)
     again = invoke(
-        "vae-generate", ["--onnx", DEC, "-n", "30", "--npy", "out/s.npy", "-o", "out/g.png"]
+        "vae-generate",
+        ["--force", "--onnx", DEC, "-n", "30", "--npy", "out/s.npy", "-o", "out/g.png"],
     )
     assert again.exit_code == 0, again.stderr
     assert np.load(work / "out" / "s.npy").shape == (30, 1, 28, 28)

@@ -200,7 +200,7 @@ def test_regression_settings_keep_numpy_numbers(make: Callable[[], Any]) -> None
     drops the plain int/float they return, so the dataclass keeps what was given (see the next
     test for what that breaks)."""
     made = make()
-    wanted = {"lr": float, "device": str, "precision": str, "binarize": bool}
+    wanted = {"lr": float, "device": str, "compute_dtype": str, "binarize": bool}
     types = {f: type(getattr(made, f)) for f in made.__dataclass_fields__}
     assert types == {f: wanted.get(f, int) for f in types}, types
 
