@@ -12,12 +12,12 @@ Measures, in one run:
                image over the float32 matmul rate measured now (best of torch and numpy, 2048^3);
   bulk         `vae-generate -n 100000 --npy` as a whole process: time and peak memory (each
                run writes a new file: the previous one is deleted and synced away first).
-Targets from issue 4 are printed beside each figure. Run it on a quiet machine: it is a
+Targets are printed beside each figure. Run it on a quiet machine: it is a
 measurement, not a test. This script may import torch and vae_train; the runtime never does.
 
     python bench/generate_speed.py --precisions out/ [--data-dir MNIST] [--methods]
 
-Precisions (issue 10), for a folder exported with `vae-export --precision fp32,int8,fp16`: for
+Precisions, for a folder exported with `vae-export --precision fp32,int8,fp16`: for
 each precision and graph, file size, images/s at batch 1, 64 and 1024 (rounds alternate between
 precisions, best of each) and the quality figures the export's gate recorded in manifest.json.
 `--methods` adds the int8 method comparison behind the shipped choice: onnxruntime's static QDQ

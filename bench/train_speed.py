@@ -1,5 +1,5 @@
 """Benchmark: vae-train's loop against the common per-image Dataset/DataLoader way, same data,
-and against the hand-written backward pass it used before (issue 8), in the same run; whole
+and against the hand-written backward pass it used before, in the same run; whole
 processes (`vae-train` against bench/reference_vae.py, 5 and 10 epochs); fp32 against bf16.
 
     python bench/train_speed.py --data-dir /path/to/mnist      (or VAE_DATA_DIR=...)

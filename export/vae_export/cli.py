@@ -41,7 +41,7 @@ def export(
         "--precision",
         "-p",
         help="graphs to write, comma-separated: fp32,int8,fp16 (int8 and fp16 must pass the "
-        "quality gate against fp32; README)",
+        "quality gate against fp32; docs/vae-export.md)",
     ),
     force: bool = typer.Option(False, "--force", "-f", help="replace existing output files"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print nothing but errors"),

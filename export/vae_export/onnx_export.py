@@ -5,7 +5,7 @@ their targets, loaded from there by the runtime and checked against the torch mo
 the manifest staged (with the parity figures), the staged set loaded once more through it, and
 the three renamed into place, the manifest last. Any failure, fault or signal before that leaves
 the folder as it was; a crash between the renames leaves a new graph beside the old manifest,
-which the runtime refuses by its SHA-256 (README: "Files and guarantees").
+which the runtime refuses by its SHA-256 (docs/guarantees.md).
 """
 
 from __future__ import annotations

@@ -5,11 +5,12 @@ Names are vae-serve's (`contract.served_name`): the fp32 pair is `decoder` and `
 precisions `decoder_int8`, `encoder_fp16`, ...; inputs and outputs are the role's declared
 `contract.Interface`, so a V2 client moves between vae-serve and Triton by its URL alone.
 Each configuration names the ONNX Runtime backend, the batch axis as `max_batch_size` (dims after
-it), dynamic batching, a CPU instance group (README: the GPU variant), and the graph's metadata
-and SHA-256 as `parameters`. `model_config` builds it once, as the plain dict that Triton's
-`GET /v2/models/{name}/config` answers with; config.pbtxt is that dict rendered in protobuf text
-format (`config_text`), so the two cannot differ. The files are written by the export, in the
-same `Outputs` set as the graphs and the manifest: all of them change together or none does.
+it), dynamic batching, a CPU instance group (docs/deploy/triton.md: the GPU variant), and the
+graph's metadata and SHA-256 as `parameters`. `model_config` builds it once, as the plain dict
+that Triton's `GET /v2/models/{name}/config` answers with; config.pbtxt is that dict rendered
+in protobuf text format (`config_text`), so the two cannot differ. The files are written by the
+export, in the same `Outputs` set as the graphs and the manifest: all of them change together or
+none does.
 """
 
 from __future__ import annotations

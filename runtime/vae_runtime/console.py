@@ -2,7 +2,7 @@
 
 Commands are declared with `@app.command(cls=VaeCommand)` on an app from `make_app`; their bodies
 call one library function. `VaeCommand.main` is the one place where what went wrong becomes a
-line on stderr and an exit code (README, "Exit codes"):
+line on stderr and an exit code (docs/guarantees.md, "Exit codes"):
   - 0 done;
   - 1 a failure: a VaeError about a file, graph, data or disk, an OSError nothing foresaw;
   - 2 a bad value or usage: typer's usage errors, InvalidArgumentError, OutputRefusedError;

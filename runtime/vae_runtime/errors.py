@@ -1,8 +1,9 @@
 """The exception hierarchy, with each error's exit code, and the argument checks that raise them.
 
 Every failure a user can cause is a VaeError with a one-line message; the command-line layer
-prints it and exits with the class's `exit_code` (README's table): 1 for a failure (file, graph,
-data, disk), 2 for a bad value or usage. `Interrupted` is Ctrl-C or SIGTERM: 128 + the signal.
+prints it and exits with the class's `exit_code` (docs/guarantees.md's table): 1 for a failure
+(file, graph, data, disk), 2 for a bad value or usage. `Interrupted` is Ctrl-C or SIGTERM:
+128 + the signal.
 """
 
 from __future__ import annotations

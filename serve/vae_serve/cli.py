@@ -145,6 +145,10 @@ def serve_command(
         any(v is not None for v in ray_options) or (max_ongoing_requests, num_cpus) != (5, 1.0)
     ):
         raise InvalidArgumentError("replica options go with --ray or --write-serve-config")
+    if force and write_serve_config is None:
+        raise InvalidArgumentError(
+            "--force goes with --write-serve-config (the only file vae-serve writes)"
+        )
     if not (on_ray or write_serve_config):
         level = "error" if quiet else log_level
         say(serve(config, Listen(host, port, workers, level, access_log, drain_seconds), say))

@@ -461,6 +461,7 @@ def test_bad_builder_args(args: dict[str, Any], words: str) -> None:
     [
         (["--num-replicas", "2"], 2, "replica options go with --ray or --write-serve-config"),
         (["--num-cpus", "2"], 2, "replica options go with --ray"),
+        (["--force"], 2, "--force goes with --write-serve-config"),
         (["--ray", "--workers", "2"], 2, "scale with --num-replicas, not --workers"),
         (["--ray", "--num-replicas", "2", "--max-replicas", "3"], 2, "either --num-replicas"),
         (["--write-serve-config", "{tmp}/s.yaml", "--port", "0"], 2, "port must be in 1"),

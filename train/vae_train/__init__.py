@@ -1,7 +1,7 @@
 """mnist-vae's training side: the seed VAE in PyTorch, MNIST data, training loop, checkpoints.
 
 The names below load lazily (PEP 562), so importing the package, e.g. for `vae-train --help` or
-to learn that PyTorch is missing, does not import torch (1.1 s of a 1.3 s start: README,
+to learn that PyTorch is missing, does not import torch (1.1 s of a 1.3 s start: docs/vae-train.md,
 "Start-up"), and the command can set torch's thread binding before torch loads.
 """
 

@@ -2,7 +2,7 @@
 
 Why our own: every method of `torch.optim.Optimizer` (its constructor included) is wrapped in
 `torch._disable_dynamo`, which imports `torch._dynamo` on first use: about 1 s of a `vae-train`
-process that never compiles anything (`python -X importtime`; README, "Start-up"). This class
+process that never compiles anything (`python -X importtime`; docs/vae-train.md). This class
 makes the very calls `torch.optim.Adam(fused=True)` makes (`_foreach_add_` on the step counts,
 then `torch._fused_adam_`), so its updates are bit for bit torch's (tests/train/test_round2.py
 checks it step for step), and its `state_dict` has torch's layout, so checkpoints written before

@@ -15,6 +15,7 @@ import typer
 
 from vae_runtime import signals
 from vae_runtime.console import VaeCommand, make_app
+from vae_runtime.errors import check_int
 
 from .data import DATA_DIR_ENV
 
@@ -25,9 +26,9 @@ DEFAULT_COUNT = 2000
 LITERATURE_SAMPLES = 5000
 
 TUNE_THREADS_ENV = "VAE_TUNE_THREADS"
-# Measured with bench/train_threads.py (README, "Threads"): pinned threads that sleep after a
-# short spin are as fast alone as libgomp's defaults and ~1.8x faster when two runs share the
-# cores, where spinning threads wait on siblings that are not running.
+# Measured with bench/train_threads.py (docs/vae-train.md, "Threads"): pinned threads that
+# sleep after a short spin are as fast alone as libgomp's defaults and ~1.8x faster when two
+# runs share the cores, where spinning threads wait on siblings that are not running.
 THREAD_TUNING = {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores", "GOMP_SPINCOUNT": "10000"}
 
 _TRAIN_HELP = (
@@ -49,10 +50,25 @@ app = make_app(_TRAIN_HELP)
 eval_app = make_app(_EVAL_HELP)
 
 
+def set_threads(threads: int | None) -> None:
+    """`--threads`: torch's intra-op threads (None: one per core). Set in the environment too,
+    so that libgomp's pool has that size from the moment torch loads."""
+    if threads is None:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    check_int("threads", threads, 1, cores or 1)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    with signals.deferred():
+        import torch
+
+    torch.set_num_threads(threads)
+
+
 def tune_threads(enabled: bool) -> None:
     """Set THREAD_TUNING for torch's OpenMP threads (one per core, pinned; idle ones sleep after
     a short spin), each variable unless the user set it. libgomp reads them once, when torch
-    loads: call this first. README ("Threads") gives the measurements behind the default."""
+    loads: call this first. docs/vae-train.md ("Threads") gives the measurements behind the
+    default."""
     if enabled:
         for name, value in THREAD_TUNING.items():
             os.environ.setdefault(name, value)
@@ -88,7 +104,7 @@ def train_command(
         "--tune-threads/--no-tune-threads",
         envvar=TUNE_THREADS_ENV,
         help="Pin torch's threads one per core and let idle ones sleep after a short spin "
-        "(README: Threads); without it, torch's and libgomp's defaults.",
+        "(docs/vae-train.md: Threads); without it, torch's and libgomp's defaults.",
     ),
     precision: str = typer.Option(
         "fp32",
@@ -105,9 +121,16 @@ def train_command(
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="Print nothing but errors: no progress, no epoch lines."
     ),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        help="torch's threads  [default: one per core]",
+        show_default=False,
+    ),
 ) -> None:
     """Train the seed VAE (784-400-20) on MNIST."""
     tune_threads(tune)
+    set_threads(threads)
     with signals.deferred():  # torch's native start-up is not to be cut in half
         from .data import default_cache_dir
         from .device import Progress
@@ -181,7 +204,7 @@ def eval_command(
         True,
         "--tune-threads/--no-tune-threads",
         envvar=TUNE_THREADS_ENV,
-        help="As for vae-train (README: Threads).",
+        help="As for vae-train (docs/vae-train.md: Threads).",
     ),
     force: bool = typer.Option(
         False, "--force", "-f", help="Replace an eval.json or chart that already exists."
@@ -189,9 +212,16 @@ def eval_command(
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="Print nothing but errors: no progress, no table."
     ),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        help="torch's threads  [default: one per core]",
+        show_default=False,
+    ),
 ) -> None:
     """Evaluate a model.pt: ELBO and IWAE bound on the test set, per-dimension KL, eval.json."""
     tune_threads(tune)
+    set_threads(threads)
     with signals.deferred():
         from .data import default_cache_dir
         from .device import Progress
