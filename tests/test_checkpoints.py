@@ -154,8 +154,19 @@ def test_bad_checkpoints_are_one_line_and_change_nothing(
         assert str(info.value).startswith(str(path))
         assert "\n" not in str(info.value)
     elif reader == "train":
-        args = ["--resume", path, "--out", out, "--data-dir", mnist_dir, "-q", "--epochs", "3"]
-        args += ["--hidden-dim", "16", "--latent-dim", "3", "--batch-size", "64", "--seed", "3"]
+        args = ["--resume", path, "--out", out, "--data-dir", mnist_dir, "-q", "--force"]
+        args += [
+            "--epochs",
+            "3",
+            "--hidden-dim",
+            "16",
+            "--latent-dim",
+            "3",
+            "--batch-size",
+            "64",
+            "--seed",
+            "3",
+        ]
         result = CliRunner().invoke(train_cli.app, list(map(str, args)), prog_name="vae-train")
         assert str(path) in expect_error(result, 1, pattern)
     else:
