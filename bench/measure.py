@@ -1,0 +1,341 @@
+"""The one way every bench measures: alternating pairs, per-pair ratios, median and spread.
+
+    python bench/measure.py          # prints the machine block (what `make bench` prints first)
+
+Two contenders, A and B, run in pairs: A B, B A, A B, B A, ... (the order flips every other pair,
+so a machine that speeds up or slows down during the run favours neither). Each pair gives one
+ratio, B's seconds over A's: how many times faster A is than B. The figure is the median of the
+pairs' ratios (at least MIN_PAIRS), printed with its spread: min-max and the interquartile range.
+Never a best-of, never a ratio of medians taken apart, never a median of per-seed ratios.
+
+A contender is either a callable (timed in-process with `time.perf_counter`, `loops` calls per
+sample, calibrated so that a sample lasts at least `min_sample_s`) or a command (a list of
+arguments: a whole process, its wall time and its peak RSS from `wait4`).
+
+The runner is this module's own, not a maintained tool, for these reasons:
+- hyperfine (Debian's 1.15) runs all of one command's runs, then all of the next's; it has no
+  option that interleaves two commands pair by pair, so slow drift on a shared machine lands on
+  one side. Its statistics (mean, min-max) are of each command apart, not of per-pair ratios.
+- pyperf measures one benchmark per run in its own worker processes, calibrating and spawning
+  20 of them by default, and compares separate runs afterwards (`compare_to`); it does not
+  alternate two contenders either, owns the script's command line (its Runner parses sys.argv)
+  and adds seconds of calibration to every figure. Its value, stable timings of one function,
+  matters less here than cancelling drift between two.
+Both would add a dependency for a loop of 30 lines, which is tested in tests/test_bench_measure.py.
+
+`machine()` is the block printed at the top of every bench: date, CPU model and the flags that
+matter here (avx2, avx512f, avx512_vnni, avx512_bf16, amx), cores (affinity), memory, the
+versions of python, numpy, onnxruntime and torch (read from the installed metadata: importing
+torch would change what the torch-free benches measure) and the threading environment variables.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+MIN_PAIRS = 5
+FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
+THREAD_VARS = (
+    "OPENBLAS_NUM_THREADS",
+    "OPENBLAS_CORETYPE",
+    "OMP_NUM_THREADS",
+    "OMP_PROC_BIND",
+    "OMP_PLACES",
+    "OMP_WAIT_POLICY",
+    "GOMP_SPINCOUNT",
+    "MKL_NUM_THREADS",
+    "VAE_TUNE_THREADS",
+)
+
+Contender = Callable[[], object] | Sequence[str]
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Median of some values, with their min-max and interquartile range."""
+
+    median: float
+    low: float
+    high: float
+    q1: float
+    q3: float
+    n: int
+
+    def show(self, digits: int = 2, unit: str = "") -> str:
+        """'2.41x (2.20-2.60, IQR 2.30-2.50, 7 pairs)' for unit 'x'."""
+        f = f"{{:.{digits}f}}"
+        what = "pairs" if unit == "x" else "runs"
+        return (
+            f"{f.format(self.median)}{unit} ({f.format(self.low)}-{f.format(self.high)}, "
+            f"IQR {f.format(self.q1)}-{f.format(self.q3)}, {self.n} {what})"
+        )
+
+
+def spread(values: Sequence[float]) -> Spread:
+    """The median, min-max and quartiles (inclusive method: they lie within min-max)."""
+    if not values:
+        raise ValueError("spread of no values")
+    ordered = sorted(values)
+    q1, _, q3 = (
+        statistics.quantiles(ordered, n=4, method="inclusive")
+        if len(ordered) > 1
+        else (ordered[0],) * 3
+    )
+    return Spread(statistics.median(ordered), ordered[0], ordered[-1], q1, q3, len(ordered))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One whole process: wall seconds and peak resident memory in MB."""
+
+    seconds: float
+    peak_mb: float
+
+
+def run_process(
+    argv: Sequence[str], cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> Run:
+    """Run `argv` to completion, output discarded. Exits the bench with its stderr on a failure."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        list(argv), cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    proc.returncode = code
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.stderr:
+        proc.stderr.close()
+    if code != 0:
+        sys.exit(f"command failed ({code}): {' '.join(argv)}\n{err}")
+    return Run(seconds, usage.ru_maxrss / 1024)  # Linux reports KiB
+
+
+def calibrate(fn: Callable[[], object], min_sample_s: float) -> int:
+    """Calls of `fn` per sample so that one sample lasts at least `min_sample_s`."""
+    loops = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(loops):
+            fn()
+        if time.perf_counter() - start >= min_sample_s or loops >= 1 << 24:
+            return loops
+        loops *= 2
+
+
+@dataclass
+class Comparison:
+    """Seconds of each sample of A and B (per call for callables), pair by pair."""
+
+    a: list[float] = field(default_factory=list)
+    b: list[float] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)  # "ab" or "ba", per pair
+    peak_mb: dict[str, float] = field(default_factory=dict)  # commands: max over runs
+
+    @property
+    def ratios(self) -> list[float]:
+        """B's seconds over A's, per pair: how many times faster A is than B."""
+        return [b / a for a, b in zip(self.a, self.b, strict=True)]
+
+    @property
+    def ratio(self) -> Spread:
+        return spread(self.ratios)
+
+    @property
+    def seconds_a(self) -> Spread:
+        return spread(self.a)
+
+    @property
+    def seconds_b(self) -> Spread:
+        return spread(self.b)
+
+
+def alternate_samples(
+    sample_a: Callable[[], float],
+    sample_b: Callable[[], float],
+    pairs: int = 7,
+    warmup: int = 1,
+) -> Comparison:
+    """The core loop: `warmup` untimed pairs, then `pairs` pairs, the order flipped every other
+    pair (ab, ba, ab, ...). Each sampler returns the seconds of one sample."""
+    if pairs < MIN_PAIRS:
+        raise ValueError(f"pairs must be at least {MIN_PAIRS}, got {pairs}")
+    for _ in range(warmup):
+        sample_a()
+        sample_b()
+    result = Comparison()
+    for i in range(pairs):
+        if i % 2 == 0:
+            a, b = sample_a(), sample_b()
+            result.order.append("ab")
+        else:
+            b, a = sample_b(), sample_a()
+            result.order.append("ba")
+        result.a.append(a)
+        result.b.append(b)
+    return result
+
+
+def alternate(
+    a: Contender,
+    b: Contender,
+    pairs: int = 7,
+    warmup: int = 1,
+    *,
+    loops: int | None = None,
+    min_sample_s: float = 0.05,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Comparison:
+    """A against B in alternating pairs. Callables: seconds per call, `loops` calls per sample
+    (calibrated on the slower of the two when None). Commands: wall seconds of a whole process,
+    and each one's peak RSS in `peak_mb` ("a", "b")."""
+    peaks = {"a": 0.0, "b": 0.0}
+
+    def sampler(c: Contender, key: str) -> Callable[[], float]:
+        if callable(c):
+            fn = c
+            return lambda: _timed(fn, n)
+
+        def whole() -> float:
+            r = run_process(c, cwd, env)
+            peaks[key] = max(peaks[key], r.peak_mb)
+            return r.seconds
+
+        return whole
+
+    n = loops or 1
+    if loops is None and callable(a) and callable(b):
+        a(), b()  # first-call costs stay out of the calibration
+        n = max(calibrate(a, min_sample_s), calibrate(b, min_sample_s))
+    result = alternate_samples(sampler(a, "a"), sampler(b, "b"), pairs, warmup)
+    if not (callable(a) and callable(b)):
+        result.peak_mb = {k: v for k, v in peaks.items() if v}
+    return result
+
+
+def _timed(fn: Callable[[], object], loops: int) -> float:
+    start = time.perf_counter()
+    for _ in range(loops):
+        fn()
+    return (time.perf_counter() - start) / loops
+
+
+def repeat(
+    argv: Sequence[str],
+    runs: int = 7,
+    warmup: int = 1,
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    before: Callable[[], None] | None = None,
+) -> tuple[Spread, float]:
+    """One command alone (no contender): its wall seconds over `runs` runs after `warmup`, and
+    the peak RSS (MB, max over runs). `before` runs ahead of each run, untimed."""
+    seconds, peak = [], 0.0
+    for i in range(warmup + runs):
+        if before is not None:
+            before()
+        r = run_process(argv, cwd, env)
+        if i >= warmup:
+            seconds.append(r.seconds)
+            peak = max(peak, r.peak_mb)
+    return spread(seconds), peak
+
+
+def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
+    """'met' or '**missed**' for a figure against its target."""
+    ok = value >= target if higher_is_better else value <= target
+    return "met" if ok else "**missed**"
+
+
+def _cpu() -> tuple[str, list[str]]:
+    model, flags = platform.processor() or platform.machine(), set[str]()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return model, []
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return model, [f for f in FLAGS if f in flags]
+
+
+def _meminfo() -> str:
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    kb = {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in lines) if v}
+    total, available = kb["MemTotal"] / 2**20, kb.get("MemAvailable", 0) / 2**20
+    return f"{total:.1f} GiB total, {available:.1f} available"
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _gpus() -> list[str]:
+    root = Path("/proc/driver/nvidia/gpus")
+    names = []
+    for info in sorted(root.glob("*/information")) if root.is_dir() else []:
+        for line in info.read_text().splitlines():
+            if line.startswith("Model:"):
+                names.append(line.split(":", 1)[1].strip())
+    return names
+
+
+def machine() -> str:
+    """The machine block: what every bench prints before its figures."""
+    model, flags = _cpu()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    env = [f"{k}={os.environ[k]}" for k in THREAD_VARS if k in os.environ]
+    lines = [
+        f"date     {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"cpu      {model}; flags: {' '.join(flags) or 'none of ' + ' '.join(FLAGS)}",
+        f"cores    {len(os.sched_getaffinity(0))} usable (affinity) of {os.cpu_count()}; "
+        f"load average {load}",
+        f"memory   {_meminfo()}",
+        f"gpu      {', '.join(_gpus()) or 'none visible'}",
+        f"software python {platform.python_version()}, numpy {_version('numpy')}, "
+        f"onnxruntime {_version('onnxruntime')}, torch {_version('torch')}",
+        f"env      {' '.join(env) or 'no thread variables set'}",
+    ]
+    return "\n".join(lines)
+
+
+def print_machine(title: str) -> None:
+    """The bench's title, then the machine block, then a blank line."""
+    print(f"== {title}")
+    print(machine())
+    print(flush=True)
+
+
+if __name__ == "__main__":
+    print_machine("machine")
