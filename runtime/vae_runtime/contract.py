@@ -16,6 +16,10 @@ from typing import Any
 
 from .errors import InvalidArgumentError, ModelFileError, check_path, is_int
 
+# manifest.json's score reference, re-exported: the contract names everything the manifest holds
+from .reference import SCORE_REFERENCE as SCORE_REFERENCE
+from .reference import ScoreReference as ScoreReference
+
 FORMAT_VERSION = 1  # of the graphs' metadata and of manifest.json
 PRODUCER = "mnist-vae"
 
@@ -30,10 +34,12 @@ LATENT = "latent_dim"  # stands for the model's latent size in a declared shape
 @dataclass(frozen=True)
 class TensorDecl:
     """One input or output of a role's graph: float32, the batch axis first, then `dims`
-    (LATENT where the model's latent size goes)."""
+    (LATENT where the model's latent size goes). An `optional` output may be absent from a
+    graph (one exported before it was declared); the required ones come first, in order."""
 
     name: str
     dims: tuple[int | str, ...]
+    optional: bool = False
 
     def shape(self, latent_dim: int) -> tuple[int, ...]:
         """The dims after the batch axis, for a model of `latent_dim`."""
@@ -57,10 +63,13 @@ ENCODER = Interface(  # (B, 1, 28, 28) in [0, 1] -> mu, logvar (B, latent_dim)
     (TensorDecl("image", IMAGE_SHAPE),),
     (TensorDecl("mu", (LATENT,)), TensorDecl("logvar", (LATENT,))),
 )
-DECODER = Interface(  # z (B, latent_dim) -> (B, 1, 28, 28) in [0, 1]
+# z (B, latent_dim) -> image (B, 1, 28, 28) in [0, 1], and logits (B, 1, 28, 28): the
+# pre-sigmoid values, image = sigmoid(logits). Scoring needs them (log(1 - p) is lost where the
+# float32 sigmoid saturates at 1.0); graphs exported before them have only `image`.
+DECODER = Interface(
     "decoder",
     (TensorDecl("z", (LATENT,)),),
-    (TensorDecl("image", IMAGE_SHAPE),),
+    (TensorDecl("image", IMAGE_SHAPE), TensorDecl("logits", IMAGE_SHAPE, optional=True)),
 )
 INTERFACES = {i.role: i for i in (ENCODER, DECODER)}
 # Short names of the declarations above, for code that handles one role.
@@ -68,6 +77,7 @@ ENCODER_INPUT = ENCODER.inputs[0].name
 ENCODER_OUTPUTS = tuple(t.name for t in ENCODER.outputs)
 DECODER_INPUT = DECODER.inputs[0].name
 DECODER_OUTPUT = DECODER.outputs[0].name
+DECODER_LOGITS = DECODER.outputs[1].name
 
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
@@ -84,6 +94,8 @@ MANIFEST_BYTES = "bytes"
 MANIFEST_CHECKPOINT = "checkpoint"  # {"name": "model.pt", "sha256": ...}
 MANIFEST_LATENT_DIM = "latent_dim"
 MANIFEST_OPSET = "opset"
+# SCORE_REFERENCE ("score_reference"): the test set's score distribution (reference.py), absent
+# in manifests written before it
 
 ROLES = tuple(INTERFACES)  # ("encoder", "decoder")
 # Of a graph's weights and arithmetic; float32 at the inputs and outputs always. fp32 is the
@@ -358,7 +370,21 @@ class Manifest:
             raise bad(f"'{MANIFEST_CHECKPOINT}' is not an object")
         known = {MANIFEST_KEY_FORMAT, MANIFEST_KEY_VERSION, MANIFEST_FILES, MANIFEST_CHECKPOINT}
         details = {k: v for k, v in content.items() if k not in known | {MANIFEST_LATENT_DIM}}
+        if SCORE_REFERENCE in details:
+            try:
+                ScoreReference.from_json(details[SCORE_REFERENCE])
+            except InvalidArgumentError as exc:
+                raise bad(
+                    f"'{SCORE_REFERENCE}': {str(exc).removeprefix('score reference: ')}"
+                ) from None
         return cls(entries, latent, checkpoint, details, path)
+
+    @property
+    def score_reference(self) -> ScoreReference | None:
+        """The score distribution of the reference images (checked on load), or None in a
+        manifest written before it existed."""
+        data = self.details.get(SCORE_REFERENCE)
+        return None if data is None else ScoreReference.from_json(data)
 
     def verify(self, graph: Path, data: bytes) -> FileEntry:
         """Check the bytes of `graph` (a file beside this manifest) against its entry: a file

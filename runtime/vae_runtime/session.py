@@ -23,6 +23,7 @@ import onnxruntime as ort
 from .contract import (
     DECODER,
     DECODER_INPUT,
+    DECODER_LOGITS,
     DECODER_OUTPUT,
     ENCODER,
     ENCODER_INPUT,
@@ -32,6 +33,7 @@ from .contract import (
     GraphInfo,
     Interface,
     Manifest,
+    TensorDecl,
     parse_metadata,
 )
 from .errors import (
@@ -156,6 +158,10 @@ class _Graph:
         self.info = info
         self.precision = info.precision  # "fp32", "int8" or "fp16"; float32 in and out always
         self.entry = entry  # what manifest.json says of the file (quality figures), if present
+        # The interface's outputs this graph has (optional ones may be absent), declared order.
+        self.outputs: tuple[TensorDecl, ...] = tuple(
+            t for t in self.interface.outputs if not t.optional
+        )
 
     @property
     def latent_dim(self) -> int:
@@ -216,20 +222,35 @@ class _Graph:
                 )
         want_in, want_out = cls._io(info.latent_dim)
         inputs, outputs = session.get_inputs(), session.get_outputs()
+        # The declared outputs this graph has: the required ones, in order, then any optional
+        # ones it was exported with (a graph from before an optional output lacks it).
+        present = tuple(
+            t
+            for t in cls.interface.outputs
+            if not t.optional or t.name in {a.name for a in outputs}
+        )
+        want_out = tuple((t.name, t.shape(info.latent_dim)) for t in present)
         if len(inputs) != len(want_in) or len(outputs) != len(want_out):
+            required = [t.name for t in cls.interface.outputs if not t.optional]
+            optional = [t.name for t in cls.interface.outputs if t.optional]
             raise ModelFileError(
                 f"{path}: inputs {[a.name for a in inputs]} and outputs "
                 f"{[a.name for a in outputs]}, expected {[n for n, _ in want_in]} and "
-                f"{[n for n, _ in want_out]}"
+                f"{required}" + (f" (then optionally {optional})" if optional else "")
             )
         for kind, args, wanted in (("input", inputs, want_in), ("output", outputs, want_out)):
             for arg, (name, dims) in zip(args, wanted, strict=True):
                 _check_arg(path, kind, arg, name, dims)
-        return cls(session, path, info, entry)
+        graph = cls(session, path, info, entry)
+        graph.outputs = present
+        return graph
 
-    def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _run(
+        self, feed: dict[str, np.ndarray], names: Sequence[str] | None = None
+    ) -> list[np.ndarray]:
+        """The graph's outputs `names` (default: all it has, in declared order) on `feed`."""
         try:
-            return list(self._session.run(None, feed))
+            return list(self._session.run(None if names is None else list(names), feed))
         except Exception as exc:  # a graph that loads but cannot run on this input
             detail = " ".join(str(exc).split())[:200]
             raise ModelFileError(f"{self.path}: running the graph failed: {detail}") from None
@@ -347,8 +368,39 @@ class Decoder(_Graph):
         """`sample(n, ...)` as a stream of (B, 1, 28, 28) batches, memory flat in `n`."""
         return self.iter_decode(iter_latents(n, self.latent_dim, seed, temperature, batch_size))
 
+    @property
+    def has_logits(self) -> bool:
+        """Whether the graph has the optional `logits` output (scoring needs it; graphs
+        exported before it existed decode images only)."""
+        return any(t.name == DECODER_LOGITS for t in self.outputs)
+
+    def decode_logits(self, z: Any, *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """Latents (N, latent_dim) -> float32 pre-sigmoid logits (N, 1, 28, 28) (images are
+        their sigmoid), `batch_size` rows per run. ModelFileError for a graph without them."""
+        check_batch_size(batch_size)
+        self.require_logits()
+        z = _latents(z, self.latent_dim)
+        check_in_memory(z.shape[0], 4 * 28 * 28, "logits")
+        out = np.empty((z.shape[0], *IMAGE_SHAPE), dtype=np.float32)
+        for start in range(0, z.shape[0], batch_size):
+            out[start : start + batch_size] = self._logits_batch(z[start : start + batch_size])
+        return out
+
+    def require_logits(self, what: str = "score images") -> None:
+        """ModelFileError, in one line, unless the graph has the logits output."""
+        if not self.has_logits:
+            raise ModelFileError(
+                f"{self.path}: has no {DECODER_LOGITS} output (exported before it existed), "
+                f"which is needed to {what}; re-export it with this mnist-vae to score"
+            )
+
+    def _logits_batch(self, z: np.ndarray) -> np.ndarray:
+        """Logits (B, 1, 28, 28) of checked float32 latents z (B, latent_dim), in one run."""
+        (logits,) = self._run({DECODER_INPUT: z}, (DECODER_LOGITS,))
+        return self._finite(logits, DECODER_LOGITS, z)
+
     def _decode_batch(self, z: np.ndarray) -> np.ndarray:
-        (images,) = self._run({DECODER_INPUT: z})
+        (images,) = self._run({DECODER_INPUT: z}, (DECODER_OUTPUT,))
         images = self._finite(images, DECODER_OUTPUT, z)
         # onnxruntime's Sigmoid is an approximation that can return 1.0000001: the contract
         # says [0, 1], and the encoder takes decoded images back, so clip (in place, cheap).

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from vae_runtime.contract import (
     BATCH_AXIS,
     DECODER_INPUT,
+    DECODER_LOGITS,
     DECODER_OUTPUT,
     ENCODER_INPUT,
     ENCODER_OUTPUTS,
@@ -73,10 +74,12 @@ def build_decoder(
     role: str | None = "decoder",
     output_shape: list[Any] | None = None,
     input_name: str = DECODER_INPUT,
+    logits: bool = False,
 ) -> onnx.ModelProto:
     """z (batch, d) -> Gemm -> Relu -> Gemm -> Sigmoid -> Reshape -> image (batch, 1, 28, 28).
     `templates` uint8 (k, 28, 28) shape the output layer; `nan` poisons one bias; `role` None
-    drops the metadata (a foreign model)."""
+    drops the metadata (a foreign model); `logits` adds the optional second output, the
+    pre-sigmoid values (batch, 1, 28, 28), as graphs exported with it have."""
     rng = np.random.default_rng(seed)
     w3 = rng.normal(0, 1 / np.sqrt(latent_dim), (hidden, latent_dim)).astype(np.float32)
     b3 = rng.normal(0, 0.1, hidden).astype(np.float32)
@@ -91,8 +94,8 @@ def build_decoder(
     nodes = [
         helper.make_node("Gemm", [input_name, "w3", "b3"], ["h"], transB=1),
         helper.make_node("Relu", ["h"], ["hr"]),
-        helper.make_node("Gemm", ["hr", "w4", "b4"], ["logits"], transB=1),
-        helper.make_node("Sigmoid", ["logits"], ["pixels"]),
+        helper.make_node("Gemm", ["hr", "w4", "b4"], ["pre"], transB=1),
+        helper.make_node("Sigmoid", ["pre"], ["pixels"]),
         helper.make_node("Reshape", ["pixels", "shape"], [DECODER_OUTPUT]),
     ]
     inits = {
@@ -105,11 +108,15 @@ def build_decoder(
     out_shape = output_shape or [BATCH_AXIS, 1, 28, 28]
     if output_shape is not None and len(output_shape) == 2:
         nodes[-1] = helper.make_node("Identity", ["pixels"], [DECODER_OUTPUT])
+    outputs = [_tensor(DECODER_OUTPUT, out_shape)]
+    if logits:
+        nodes.append(helper.make_node("Reshape", ["pre", "shape"], [DECODER_LOGITS]))
+        outputs.append(_tensor(DECODER_LOGITS, [BATCH_AXIS, 1, 28, 28]))
     return _finish(
         nodes,
         inits,
         [_tensor(input_name, [BATCH_AXIS, latent_dim])],
-        [_tensor(DECODER_OUTPUT, out_shape)],
+        outputs,
         _meta(role, latent_dim) if role else None,
     )
 

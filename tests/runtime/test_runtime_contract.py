@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from vae_runtime import contract
-from vae_runtime.contract import FileEntry, Manifest
-from vae_runtime.errors import ModelFileError
+from vae_runtime.contract import SCORE_REFERENCE, FileEntry, Manifest, ScoreReference
+from vae_runtime.errors import InvalidArgumentError, ModelFileError
 
 
 def _meta(**overrides: str) -> dict[str, str]:
@@ -175,3 +176,76 @@ def test_precision_in_metadata_and_manifest_round_trips(tmp_path: Path) -> None:
     loaded = Manifest.load(path)
     assert loaded.files == {"decoder.int8.onnx": entry}
     assert loaded.to_bytes() == path.read_bytes()
+
+
+def test_the_decoder_declares_optional_logits_after_the_image() -> None:
+    assert [(t.name, t.optional) for t in contract.DECODER.outputs] == [
+        ("image", False),
+        ("logits", True),
+    ]
+    assert contract.DECODER.outputs[1].shape(20) == contract.IMAGE_SHAPE
+    assert not any(t.optional for t in (*contract.ENCODER.inputs, *contract.ENCODER.outputs))
+
+
+def _reference(values: Any = None, **kw: Any) -> ScoreReference:
+    scores = np.linspace(-120.0, -60.0, 501) if values is None else values
+    return ScoreReference.of(scores, k=kw.pop("k", 64), seed=kw.pop("seed", 0), **kw)
+
+
+def test_score_reference_holds_the_quantiles_and_reads_percentiles() -> None:
+    ref = _reference()
+    assert (ref.statistic, ref.k, ref.seed, ref.count) == ("iwae", 64, 0, 501)
+    assert len(ref.quantiles) == 1001
+    assert ref.quantiles[0] == -120.0
+    assert ref.quantiles[-1] == -60.0
+    assert ref.mean == -90.0
+    got = ref.percentile(np.array([-200.0, -120.0, -90.0, -75.0, -60.0, 0.0, np.nan]))
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got[:6], [0.0, 0.0, 50.0, 75.0, 100.0, 100.0], atol=1e-6)
+    assert np.isnan(got[6])
+    assert ScoreReference.from_json(json.loads(json.dumps(ref.to_json()))) == ref
+
+
+def test_percentiles_of_the_reference_scores_are_uniform() -> None:
+    scores = np.random.default_rng(0).normal(-100.0, 15.0, 5000)
+    ref = _reference(scores)
+    pct = ref.percentile(scores)
+    assert np.all((pct >= 0) & (pct <= 100))
+    hist, _ = np.histogram(pct, bins=10, range=(0, 100))
+    np.testing.assert_allclose(hist, 500, atol=5)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"statistic": "mse"}, "statistic 'mse'"),
+        ({"k": 0}, "k is 0"),
+        ({"seed": -1}, "seed is -1"),
+        ({"count": 1.5}, "count is 1.5"),
+        ({"quantiles": [1.0, 2.0]}, "2 quantiles, expected 1001"),
+        ({"quantiles": [float(i) for i in range(1001)][::-1]}, "not ascending"),
+        ({"quantiles": "many"}, "not a list of numbers"),
+        ({"mean": None}, "'mean' is None"),
+        ({"mean": 1e9}, "outside the quantiles' range"),
+    ],
+)
+def test_a_bad_score_reference_is_refused_on_load(
+    tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    good = _reference().to_json()
+    with pytest.raises(InvalidArgumentError, match=message):
+        ScoreReference.from_json({**good, **change})
+    path = tmp_path / contract.MANIFEST_FILE
+    path.write_bytes(_manifest(**{SCORE_REFERENCE: {**good, **change}}).to_bytes())
+    with pytest.raises(ModelFileError, match=f"'score_reference': .*{message}") as info:
+        Manifest.load(path)
+    assert "\n" not in str(info.value)
+
+
+def test_manifests_with_and_without_a_reference_load(tmp_path: Path) -> None:
+    path = tmp_path / contract.MANIFEST_FILE
+    path.write_bytes(_manifest(opset=18).to_bytes())
+    assert Manifest.load(path).score_reference is None  # written before references existed
+    ref = _reference()
+    path.write_bytes(_manifest(**{SCORE_REFERENCE: ref.to_json()}).to_bytes())
+    assert Manifest.load(path).score_reference == ref

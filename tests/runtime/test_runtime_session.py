@@ -292,3 +292,50 @@ def test_images_of_other_dtypes_are_refused(graphs: dict[str, Path], dtype: obje
     encoder = Encoder.load(graphs["encoder"])
     with pytest.raises(InvalidArgumentError, match=r"uint8 \(0-255\) or float \(0-1\)"):
         encoder.encode(np.zeros((1, 28, 28), dtype=dtype))
+
+
+def test_a_decoder_with_logits_decodes_both_and_images_are_their_sigmoid(tmp_path: Path) -> None:
+    onnx.save(build_decoder(3, 16, logits=True), tmp_path / "decoder.onnx")
+    decoder = Decoder.load(tmp_path / "decoder.onnx")
+    assert decoder.has_logits
+    assert [t.name for t in decoder.outputs] == ["image", "logits"]
+    z = sample_latents(9, 3, 0)
+    logits = decoder.decode_logits(z, batch_size=4)
+    assert logits.shape == (9, 1, 28, 28)
+    assert logits.dtype == np.float32
+    np.testing.assert_array_equal(logits, decoder.decode_logits(z))
+    np.testing.assert_allclose(1 / (1 + np.exp(-logits)), decoder.decode(z), atol=1e-6)
+
+
+def test_a_decoder_without_logits_still_decodes_and_refuses_logits_in_one_line(
+    graphs: dict[str, Path],
+) -> None:
+    decoder = Decoder.load(graphs["decoder"])
+    assert not decoder.has_logits
+    assert [t.name for t in decoder.outputs] == ["image"]
+    assert decoder.decode(np.zeros((2, 2), np.float32)).shape == (2, 1, 28, 28)
+    with pytest.raises(ModelFileError, match="has no logits output") as info:
+        decoder.decode_logits(np.zeros((2, 2), np.float32))
+    assert "re-export it with this mnist-vae to score" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_outputs_out_of_declared_order_are_refused(tmp_path: Path) -> None:
+    model = build_decoder(logits=True)
+    image, logits = list(model.graph.output)
+    del model.graph.output[:]
+    model.graph.output.extend([logits, image])
+    onnx.save(model, tmp_path / "swapped.onnx")
+    with pytest.raises(ModelFileError, match=r"'logits'.*expected 'image'"):
+        Decoder.load(tmp_path / "swapped.onnx")
+
+
+def test_logits_of_the_wrong_shape_are_refused(tmp_path: Path) -> None:
+    model = build_decoder(logits=True)  # logits left flat: (batch, 784)
+    model.graph.node[-1].CopyFrom(onnx.helper.make_node("Identity", ["pre"], ["logits"]))
+    model.graph.output[1].CopyFrom(
+        onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 784])
+    )
+    onnx.save(model, tmp_path / "bad.onnx")
+    with pytest.raises(ModelFileError, match=r"output 'logits' has shape \[batch, 784\]"):
+        Decoder.load(tmp_path / "bad.onnx")
