@@ -45,7 +45,8 @@ class ServeConfig:
     `onnx_dir`: an export folder (every graph its manifest.json lists is served), or `decoder`
     (and optionally `encoder`) paths. `precision`: which graphs of `onnx_dir` get the plain names
     `decoder`/`encoder`. Caps: `max_batch` rows per request (also the sampler's count),
-    `max_body_bytes` per request body, `max_grid` images in one /samples.png. `cors_origins`:
+    `max_body_bytes` per request body, `max_grid` images in one /samples.png, `max_score_rows`
+    k x images in one scorer request. `cors_origins`:
     browser origins allowed to call the service (none: CORS off)."""
 
     onnx_dir: Path | None = None
@@ -58,6 +59,7 @@ class ServeConfig:
     max_body_bytes: int = 16 << 20
     max_grid: int = 1024
     cors_origins: tuple[str, ...] = ()
+    max_score_rows: int = 1 << 20  # the scorer's k x images per request (decoder rows)
 
     def check(self) -> ServeConfig:
         """Raise InvalidArgumentError for a bad value or combination; return self."""
@@ -74,6 +76,7 @@ class ServeConfig:
         check_int("max batch", self.max_batch, 1, MAX_BATCH_SIZE)
         check_int("max body bytes", self.max_body_bytes, 1024, 1 << 31)
         check_int("max grid", self.max_grid, 1, 1 << 16)
+        check_int("max score rows", self.max_score_rows, 1, 1 << 30)
         session_options(self.threads)
         return self
 
@@ -137,6 +140,7 @@ _KINDS: dict[str, Callable[[Any], Any]] = {
     "max_body_bytes": _integer,
     "max_grid": _integer,
     "cors_origins": _strings,
+    "max_score_rows": _integer,
 }
 
 

@@ -93,9 +93,12 @@ def _parameters(graph: Decoder | Encoder) -> dict[str, Any]:
 def graph_model(name: str, graph: Decoder | Encoder) -> Model:
     """A graph as a model: the contract's declared inputs and outputs, batch axis -1."""
     interface, latent = graph.interface, graph.latent_dim
+    # The required outputs: a decoder's optional logits feed the scorer model, not clients (a
+    # second graph run on every decode otherwise).
+    declared = [t for t in interface.outputs if not t.optional]
     inputs = tuple(TensorSpec(t.name, "FP32", (-1, *t.shape(latent))) for t in interface.inputs)
-    outputs = tuple(TensorSpec(t.name, "FP32", (-1, *t.shape(latent))) for t in interface.outputs)
-    names = [t.name for t in interface.outputs]
+    outputs = tuple(TensorSpec(t.name, "FP32", (-1, *t.shape(latent))) for t in declared)
+    names = [t.name for t in declared]
 
     if isinstance(graph, Decoder):
 
