@@ -14,6 +14,7 @@ carries these bytes over Starlette, and the gRPC front end could carry the same 
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -95,7 +96,39 @@ class InferRequest:
 
 def error_body(message: str) -> bytes:
     """The protocol's error form: {"error": "<one line>"}."""
-    return orjson.dumps({"error": " ".join(str(message).split())})
+    line = " ".join(str(message).split())
+    try:
+        return orjson.dumps({"error": line})
+    except TypeError:  # a lone surrogate that came with a client's text: escaped
+        return orjson.dumps({"error": line.encode("utf-8", "backslashreplace").decode()})
+
+
+# What the client sends outside the JSON body, read one way: ASCII digits only (no sign, no
+# "_", no other script's digits, which int() would take), at most 19 (an int64).
+_COUNT = re.compile(r"[0-9]{1,19}")
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
+_NUMBER = re.compile(  # float()'s own spellings of NaN and Infinity too: ranges refuse them
+    r"[+-]?(([0-9]{1,40}\.?[0-9]{0,40}|\.[0-9]{1,40})(e[+-]?[0-9]{1,3})?|nan|inf|infinity)", re.I
+)
+
+
+def header_int(name: str, text: str) -> int:
+    """An HTTP header that holds a byte count (Content-Length, Inference-Header-Content-Length):
+    the one reading of every such header, a RequestError naming it otherwise."""
+    value = text.strip(" \t")
+    if _COUNT.fullmatch(value) is None:
+        raise RequestError(f"{name} is {text!r:.40}, expected a byte count (decimal digits)")
+    return int(value)
+
+
+def query_number(name: str, text: str, kind: type[int] | type[float]) -> Any:
+    """A query parameter as an integer or a decimal number (ASCII, no "_"): the one reading of
+    every number in a URL, a RequestError naming the parameter otherwise."""
+    pattern = _INTEGER if kind is int else _NUMBER
+    if pattern.fullmatch(text) is None:
+        what = "an integer" if kind is int else "a number"
+        raise RequestError(f"{name} must be {what}, got {text!r:.40}")
+    return kind(text)
 
 
 _KINDS: dict[type, str] = {dict: "a JSON object", list: "a JSON array", str: "a string"}
@@ -179,8 +212,7 @@ def parse_infer(
     if header_length is None:
         size = len(body)
     else:
-        text = header_length.strip()
-        size = int(text) if text.isdigit() else -1
+        size = header_int("Inference-Header-Content-Length", header_length)
         if not 0 < size <= len(body):
             raise RequestError(
                 f"Inference-Header-Content-Length is {header_length!r}, expected the JSON "

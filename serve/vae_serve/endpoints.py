@@ -33,8 +33,10 @@ from .codec import (
     TooLargeError,
     encode_response,
     error_body,
+    header_int,
     inflate,
     parse_infer,
+    query_number,
 )
 from .models import Model
 
@@ -99,8 +101,8 @@ async def read_body(request: Request, cap: int) -> bytes:
     """The body, refused with 413 past `cap` bytes before more than `cap` is read, and
     inflated if it came compressed (tritonclient's request_compression_algorithm)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise TooLargeError(f"the body is {int(declared):,} bytes, above the cap of {cap:,}")
+    if declared is not None and (size := header_int("Content-Length", declared)) > cap:
+        raise TooLargeError(f"the body is {size:,} bytes, above the cap of {cap:,}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -171,14 +173,6 @@ async def _repository_index(request: Request) -> Response:
     return json_response([{"name": n, "version": VERSION, "state": "READY"} for n in names])
 
 
-def _query_number(name: str, text: str, kind: type[int] | type[float]) -> Any:
-    try:
-        return kind(text)
-    except ValueError:
-        what = "an integer" if kind is int else "a number"
-        raise InvalidArgumentError(f"{name} must be {what}, got {text!r:.40}") from None
-
-
 async def _samples_png(request: Request) -> Response:
     """vae-generate's grid: the same seed, rows, cols and temperature give the same bytes."""
     loaded = state(request)
@@ -191,10 +185,13 @@ async def _samples_png(request: Request) -> Response:
             raise InvalidArgumentError(
                 f"unknown parameter {unknown[0]!r}; /samples.png takes {', '.join(SAMPLES_QUERY)}"
             )
-        seed = _query_number("seed", query.get("seed", "0"), int)
-        rows = _query_number("rows", query.get("rows", "5"), int)
-        cols = _query_number("cols", query.get("cols", "5"), int)
-        temperature = _query_number("temperature", query.get("temperature", "1"), float)
+        twice = [key for key in SAMPLES_QUERY if len(query.getlist(key)) > 1]
+        if twice:
+            raise RequestError(f"parameter {twice[0]!r} is given more than once")
+        seed = query_number("seed", query.get("seed", "0"), int)
+        rows = query_number("rows", query.get("rows", "5"), int)
+        cols = query_number("cols", query.get("cols", "5"), int)
+        temperature = query_number("temperature", query.get("temperature", "1"), float)
         check_int("rows", rows, 1, cap)
         check_int("cols", cols, 1, cap)
         n = check_int("rows x cols", rows * cols, 1, cap)

@@ -1,5 +1,5 @@
-"""The process host: bind the port, run the app under uvicorn (one process or `--workers`),
-stop on SIGTERM or Ctrl-C after answering the requests in flight."""
+"""The process host: bind the port, run the app under uvicorn (one process or `--workers`) on
+its fastest HTTP stack at hand, stop on SIGTERM or Ctrl-C after answering the requests in flight."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import errno
 import os
 import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,44 @@ class Listen:
 
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+STACK_ENV = "VAE_SERVE_HTTP"  # "h11": the pure-Python stack even where httptools/uvloop exist
+_STACKS = ("auto", "h11")
+
+
+@dataclass(frozen=True)
+class HttpStack:
+    """uvicorn's HTTP parser and event loop, by uvicorn's names (Config(http=..., loop=...))."""
+
+    http: str
+    loop: str
+
+    def describe(self) -> str:
+        return f"HTTP stack: {self.http} parser, {self.loop} event loop"
+
+
+def http_stack(environ: Mapping[str, str] = os.environ) -> HttpStack:
+    """httptools and uvloop (the [serve] extra installs them where they have wheels) when they
+    import, else h11 and asyncio; VAE_SERVE_HTTP=h11 asks for the latter (for comparisons)."""
+    choice = environ.get(STACK_ENV, "auto").strip().lower() or "auto"
+    if choice not in _STACKS:
+        raise InvalidArgumentError(
+            f"{STACK_ENV} must be one of {', '.join(_STACKS)}, got {environ[STACK_ENV]!r:.40}"
+        )
+    http, loop = "h11", "asyncio"
+    if choice == "auto":
+        try:
+            import httptools  # noqa: F401
+
+            http = "httptools"
+        except ImportError:
+            pass
+        try:
+            import uvloop  # noqa: F401
+
+            loop = "uvloop"
+        except ImportError:
+            pass
+    return HttpStack(http, loop)
 
 
 def serve(config: ServeConfig, listen: Listen, announce: Callable[[str], None]) -> str:
@@ -81,6 +119,7 @@ def serve(config: ServeConfig, listen: Listen, announce: Callable[[str], None]) 
     the line naming the models and the URL once the port is bound."""
     config.check()
     listen.check()
+    stack = http_stack()
     models = load_models(config)
     sock = _listen(listen.host, listen.port)
     url = base_url(*sock.getsockname()[:2])
@@ -88,14 +127,16 @@ def serve(config: ServeConfig, listen: Listen, announce: Callable[[str], None]) 
         f"serving {', '.join(models.models)} at {url} (V2: /v2/models/<name>/infer; "
         "/samples.png; /metrics)"
     )
-    return _run_uvicorn(config, listen, models, sock)  # pragma: no cover  (see _run_uvicorn)
+    return _run_uvicorn(config, listen, models, sock, stack)  # pragma: no cover  (see below)
 
 
 # Runs in vae-serve's own process only (tests/serve/test_serve.py starts it, signals it and
 # checks its exit code and output; coverage is measured in-process).
 def _run_uvicorn(  # pragma: no cover
-    config: ServeConfig, listen: Listen, models: Models, sock: socket.socket
+    config: ServeConfig, listen: Listen, models: Models, sock: socket.socket, stack: HttpStack
 ) -> str:
+    import logging
+
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
@@ -125,13 +166,18 @@ def _run_uvicorn(  # pragma: no cover
         "timeout_graceful_shutdown": listen.drain_seconds,
         "lifespan": "on",
         "server_header": False,
+        "http": stack.http,
+        "loop": stack.loop,
     }
     if listen.workers == 1:
-        Server(uvicorn.Config(create_app(config, models), **common)).run(sockets=[sock])
+        uv = uvicorn.Config(create_app(config, models), **common)
+        logging.getLogger("uvicorn.error").info(stack.describe())  # Config set up the logging
+        Server(uv).run(sockets=[sock])
     else:  # each worker loads the graphs itself, from the config it finds in the environment
         os.environ[CONFIG_ENV] = config.to_json()
         app = f"{worker_app.__module__}:{worker_app.__name__}"
         uv = uvicorn.Config(app, factory=True, workers=listen.workers, **common)
+        logging.getLogger("uvicorn.error").info(stack.describe())
         supervisor = Supervisor(uv, sockets=[sock])
         supervisor.signal_queue.extend(stops)  # came before it listened for them
         supervisor.run()
