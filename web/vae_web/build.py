@@ -102,11 +102,13 @@ def _check_ort(folder: Path, named: str) -> Path:
     return folder
 
 
-def interface(role: str, latent_dim: int) -> dict[str, Any]:
+def interface(role: str, latent_dim: int, *, optional: bool = True) -> dict[str, Any]:
     """What the page feeds a `role` graph and reads from it, from `contract.INTERFACES`: the
     dtype, and each input and output in declared order as {name, shape}, the shape starting
-    with BATCH_AXIS (the page puts its batch size there). The page names no tensor itself."""
+    with BATCH_AXIS (the page puts its batch size there); the optional outputs (the decoder's
+    logits) only with `optional`, for a graph that has them. The page names no tensor itself."""
     declared = INTERFACES[role]
+    outputs = tuple(t for t in declared.outputs if optional or not t.optional)
 
     def tensors(decls: tuple[TensorDecl, ...]) -> list[dict[str, Any]]:
         return [{"name": t.name, "shape": [BATCH_AXIS, *t.shape(latent_dim)]} for t in decls]
@@ -114,7 +116,7 @@ def interface(role: str, latent_dim: int) -> dict[str, Any]:
     return {
         "dtype": declared.dtype,
         "inputs": tensors(declared.inputs),
-        "outputs": tensors(declared.outputs),
+        "outputs": tensors(outputs),
     }
 
 
@@ -124,8 +126,24 @@ def _graph_entry(graph: Decoder | Encoder, data: bytes) -> dict[str, Any]:
         "sha256": hashlib.sha256(data).hexdigest(),
         "bytes": len(data),
         "precision": graph.precision,
-        **interface(graph.role, graph.latent_dim),
+        **interface(graph.role, graph.latent_dim, optional=_has_logits(graph)),
     }
+
+
+def _has_logits(graph: Decoder | Encoder) -> bool:
+    return isinstance(graph, Decoder) and graph.has_logits
+
+
+def score_entry(
+    decoder: Decoder, encoder: Encoder | None, manifest: Manifest | None
+) -> dict[str, Any] | None:
+    """What the draw panel's live score needs: the manifest's score reference (statistic, k,
+    seed, count, mean, source and the 1,001 quantiles), or None where the page cannot score
+    (no encoder, a decoder without logits, or no reference)."""
+    reference = manifest.score_reference if manifest is not None else None
+    if encoder is None or not decoder.has_logits or reference is None:
+        return None
+    return reference.to_json()
 
 
 def model_card(decoder: Decoder, encoder: Encoder | None, manifest: Manifest | None) -> list[Any]:
@@ -223,6 +241,7 @@ def build_site(
             "card": model_card(decoder, encoder, manifest),
             "encoder": None,
             "manifold": None,
+            "score": score_entry(decoder, encoder, manifest),
         }
         for graph in (decoder, encoder):
             if graph is None:

@@ -20,6 +20,7 @@
   let ends = [null, null]; // interpolation ends A, B
   let lastInput = null; // Uint8Array (784): the drawing as MNIST
   let lastRecon = null; // Float32Array (784)
+  let lastScore = null; // {elbo, iwae, percentile} of the drawing
   let padDirty = false;
   const pending = new Map();
   let nextId = 1;
@@ -43,6 +44,24 @@
 
   const decode = (z, n) => call('decode', { z: Float32Array.from(z), n });
   const encode = (x, n) => call('encode', { x: Float32Array.from(x), n });
+  const decodeLogits = (z, n) => call('decode-logits', { z: Float32Array.from(z), n });
+
+  // How typical an image is: the bound of vae_runtime.scoring at model.json's reference k, its
+  // noise from the page's own generator (fixed: the live score does not flicker), the percentile
+  // against the reference's quantiles. `eps` (k * latentDim) may be given (tests).
+  let scoreNoise = null;
+  async function scoreImage(x, eps = null) {
+    const { k, seed: noiseSeed } = config.score;
+    if (!eps) {
+      scoreNoise = scoreNoise || VaeMaths.priorSamples(k, latentDim, noiseSeed, 1);
+      eps = scoreNoise;
+    }
+    const [mu, logvar] = await encode(x, 1);
+    const z = VaeMaths.posteriorLatents(mu, logvar, eps, k, latentDim);
+    const logits = await decodeLogits(z, k);
+    const bound = VaeMaths.scoreBound(x, mu, logvar, z, logits, k, latentDim);
+    return { ...bound, percentile: VaeMaths.percentile(bound[config.score.statistic], config.score.quantiles) };
+  }
 
   // Calls `work(value)` for the latest value only: values that arrive while one is being
   // worked on replace each other, so a fast slider never builds a queue.
@@ -202,6 +221,11 @@
     lastRecon = await decode(mu, 1);
     drawOne($('recon'), lastRecon);
     setCurrent(mu);
+    if (config.score) {
+      lastScore = await scoreImage(x);
+      $('typical').textContent = VaeMaths.typicality(lastScore.percentile, config.score.source);
+      $('typical').title = `${config.score.statistic} ${lastScore.iwae.toFixed(1)} nats (k = ${config.score.k})`;
+    }
   });
 
   function padGrey() {
@@ -271,6 +295,8 @@
       lastRecon = null;
       drawOne($('fitted'), new Uint8Array(PIXELS));
       drawOne($('recon'), new Uint8Array(PIXELS));
+      lastScore = null;
+      $('typical').textContent = '';
     });
   }
 
@@ -398,6 +424,11 @@
     padGrey: () => ({ width: $('pad').width, height: $('pad').height, grey: Array.from(padGrey()) }),
     lastInput: () => (lastInput ? Array.from(lastInput) : null),
     lastRecon: () => (lastRecon ? Array.from(lastRecon) : null),
+    // The score of x (784 values in [0, 1]) with the page's noise or `eps`; the page's noise.
+    score: (x, eps) => scoreImage(Float32Array.from(x), eps ? Float32Array.from(eps) : null),
+    scoreNoise: () => Array.from(VaeMaths.priorSamples(config.score.k, latentDim, config.score.seed, 1)),
+    lastScore: () => lastScore,
+    typical: () => $('typical').textContent,
     current: () => Array.from(current),
     bench: (runs, batch) => call('bench', { runs, batch }),
     roundTrips: async (runs, batch) => {

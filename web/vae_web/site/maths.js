@@ -234,12 +234,109 @@ const VaeMaths = (() => {
     return out;
   }
 
+  // -- scoring: how typical an image is (vae_runtime.scoring's bound, in float64) ------------
+  const LOG_2PI = Math.log(2 * Math.PI);
+
+  // The k latents z = mu + exp(logvar / 2) * eps (float32, as the decoder takes them), eps
+  // Float32Array (k * d) of standard normals (the page's: priorSamples at temperature 1).
+  function posteriorLatents(mu, logvar, eps, k, d) {
+    const z = new Float32Array(k * d);
+    for (let s = 0; s < k; s++) {
+      for (let j = 0; j < d; j++) z[s * d + j] = mu[j] + Math.exp(0.5 * logvar[j]) * eps[s * d + j];
+    }
+    return z;
+  }
+
+  // {elbo, iwae} in nats for one image x (784 values in [0, 1]) from the encoder's mu and
+  // logvar, the k latents z and the decoder's logits (k * 784): the log-weights
+  // log p(x|z) + log p(z) - log q(z|x), with log p(x|z) = sum x l - softplus(l); elbo = their
+  // mean, iwae = their log-mean-exp (computed stably).
+  function scoreBound(x, mu, logvar, z, logits, k, d) {
+    const n = x.length;
+    const weights = new Float64Array(k);
+    for (let s = 0; s < k; s++) {
+      let lik = 0;
+      for (let i = 0; i < n; i++) {
+        const l = logits[s * n + i];
+        const softplus = l > 0 ? l + Math.log1p(Math.exp(-l)) : Math.log1p(Math.exp(l));
+        lik += x[i] * l - softplus;
+      }
+      let prior = 0;
+      let post = 0;
+      for (let j = 0; j < d; j++) {
+        const v = z[s * d + j];
+        const diff = v - mu[j];
+        prior += -0.5 * (v * v + LOG_2PI);
+        post += -0.5 * (diff * diff * Math.exp(-logvar[j]) + logvar[j] + LOG_2PI);
+      }
+      weights[s] = lik + prior - post;
+    }
+    let top = -Infinity;
+    let sum = 0;
+    for (const w of weights) top = Math.max(top, w);
+    for (const w of weights) sum += Math.exp(w - top);
+    let mean = 0;
+    for (const w of weights) mean += w / k;
+    return { elbo: mean, iwae: top + Math.log(sum) - Math.log(k) };
+  }
+
+  // numpy.interp(x, xp, fp, left, right) for ascending xp.
+  function interp(x, xp, fp, left, right) {
+    const last = xp.length - 1;
+    if (x < xp[0]) return left;
+    if (x > xp[last]) return right;
+    if (x === xp[last]) return fp[last];
+    let lo = 0;
+    let hi = last; // xp[lo] <= x < xp[hi]
+    while (hi - lo > 1) {
+      const mid = (lo + hi) >> 1;
+      if (xp[mid] <= x) lo = mid;
+      else hi = mid;
+    }
+    const slope = (fp[lo + 1] - fp[lo]) / (xp[lo + 1] - xp[lo]);
+    return slope * (x - xp[lo]) + fp[lo];
+  }
+
+  // ScoreReference.percentile: the percentage (0..100) of reference images scoring below
+  // `value`, interpolated in the ascending quantile table, ties taken at their middle.
+  function percentile(value, quantiles) {
+    const m = quantiles.length;
+    const levels = Array.from({ length: m }, (_, i) => (i === m - 1 ? 100 : i * (100 / (m - 1))));
+    const low = interp(value, quantiles, levels, 0, 100);
+    const negQ = quantiles.map((q) => -q).reverse();
+    const negL = levels.map((v) => -v).reverse();
+    const high = -interp(-value, negQ, negL, -100, 0);
+    return (low + high) / 2;
+  }
+
+  // The words the draw panel shows for a percentile p against `source`.
+  function typicality(p, source) {
+    if (Number.isNaN(p)) return '';
+    if (p < 0.1) return `unusual: below 0.1% of ${source}`;
+    if (p < 1) return `unusual: ${p.toFixed(1)}th percentile of ${source}`;
+    const r = Math.round(p);
+    const suffix = r % 100 >= 11 && r % 100 <= 13 ? 'th' : { 1: 'st', 2: 'nd', 3: 'rd' }[r % 10] || 'th';
+    return `${p < 5 ? 'unusual' : 'typical'}: ${r}${suffix} percentile of ${source}`;
+  }
+
   // images.to_uint8's rule for showing float pixels: [0, 1] -> 0..255, rounded.
   function toByte(v) {
     return Math.round(Math.min(Math.max(v, 0), 1) * 255);
   }
 
-  return { fitMnist, resize, interpolate, priorSamples, roundHalfEven, toByte, SIDE };
+  return {
+    fitMnist,
+    resize,
+    interpolate,
+    priorSamples,
+    posteriorLatents,
+    scoreBound,
+    percentile,
+    typicality,
+    roundHalfEven,
+    toByte,
+    SIDE,
+  };
 })();
 
 if (typeof module !== 'undefined') module.exports = VaeMaths; // node, for quick checks

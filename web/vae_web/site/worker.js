@@ -33,6 +33,10 @@ async function dispatch(request) {
       const images = await decode(request.z, request.n);
       return [images, [images.buffer]];
     }
+    case 'decode-logits': {
+      const logits = await decodeLogits(request.z, request.n);
+      return [logits, [logits.buffer]];
+    }
     case 'encode': {
       const outputs = await encode(request.x, request.n);
       return [outputs, outputs.map((o) => o.buffer)];
@@ -127,6 +131,14 @@ async function decode(z, n) {
   const [pixels] = await run(decoder, [z], n);
   for (let i = 0; i < pixels.length; i++) pixels[i] = Math.min(Math.max(pixels[i], 0), 1);
   return pixels;
+}
+
+// Float32Array (n * latentDim) -> the decoder's logits (its second declared output, where
+// model.json declares one): Float32Array (n * 784), the pre-sigmoid values scoring needs.
+async function decodeLogits(z, n) {
+  if (decoder.entry.outputs.length < 2) throw new Error('this decoder has no logits output');
+  const [, logits] = await run(decoder, [z], n);
+  return logits;
 }
 
 // Float32Array (n * 784) in [0, 1] -> the encoder's outputs in declared order (mean, log-variance),
