@@ -46,14 +46,17 @@ class _Encoder(nn.Module):
 
 
 class _Decoder(nn.Module):
-    """The decoder graph: z (B, latent_dim) -> image (B, 1, 28, 28), sigmoid pixel means."""
+    """The decoder graph: z (B, latent_dim) -> image (B, 1, 28, 28), the sigmoid pixel means,
+    and logits (B, 1, 28, 28), the values before the sigmoid (scoring needs them: in float32
+    the sigmoid saturates at 1.0, and log(1 - p) is lost there)."""
 
     def __init__(self, vae: VAE) -> None:
         super().__init__()
         self.vae = vae
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(z).reshape(-1, *C.IMAGE_SHAPE)
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.vae.decode_logits(z).reshape(-1, *C.IMAGE_SHAPE)
+        return torch.sigmoid(logits), logits
 
 
 @contextlib.contextmanager

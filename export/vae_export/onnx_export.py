@@ -222,7 +222,7 @@ def _torch_references(model: VAE) -> dict[str, Reference]:
     # What computes each role in torch, as a tuple of outputs in declared order.
     compute: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, ...]]] = {
         "encoder": lambda image: model.encode(image.flatten(1)),  # (B, 1, 28, 28) -> 2x (B, d)
-        "decoder": lambda z: (model.decode(z),),  # (B, d) -> (B, 784)
+        "decoder": lambda z: _image_and_logits(model.decode_logits(z)),  # (B, d) -> 2x (B, 784)
     }
     latent_dim = model.config.latent_dim
 
@@ -240,6 +240,11 @@ def _torch_references(model: VAE) -> dict[str, Reference]:
         return run
 
     return {role: reference(role) for role in C.INTERFACES}
+
+
+def _image_and_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder's declared outputs in order: sigmoid pixel means, then the logits."""
+    return torch.sigmoid(logits), logits
 
 
 def _training_summary(ckpt: Checkpoint) -> dict[str, Any]:

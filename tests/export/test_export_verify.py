@@ -20,7 +20,7 @@ from vae_export.verify import (
     encoder_inputs,
     verify_graphs,
 )
-from vae_runtime.contract import DECODER_OUTPUT
+from vae_runtime.contract import DECODER_LOGITS, DECODER_OUTPUT
 from vae_runtime.errors import ModelFileError
 from vae_runtime.session import Decoder
 
@@ -33,9 +33,10 @@ def _onnx_decoder(ex: Exported, shift: float = 0.0, nan: bool = False):
 
     def run(z: np.ndarray) -> Mapping[str, np.ndarray]:
         out = ex.decoder.decode(z, batch_size=len(z)) + np.float32(shift)
+        logits = ex.decoder.decode_logits(z, batch_size=len(z)) + np.float32(shift)
         if nan:
-            out[0, 0, 0, 0] = np.nan
-        return {DECODER_OUTPUT: out}
+            out[0, 0, 0, 0] = logits[0, 0, 0, 0] = np.nan
+        return {DECODER_OUTPUT: out, DECODER_LOGITS: logits}
 
     return run
 
@@ -43,7 +44,10 @@ def _onnx_decoder(ex: Exported, shift: float = 0.0, nan: bool = False):
 def test_identical_outputs_pass_with_zero_difference(exported: Exported) -> None:
     cases = decoder_inputs(exported.model.config.latent_dim)
     rows = compare_graph(exported.decoder, _onnx_decoder(exported), cases)
-    assert [r.inputs for r in rows] == list(cases)
+    # one row per (input case, output), the image and then its logits
+    assert [(r.inputs, r.output) for r in rows] == [
+        (case, output) for case in cases for output in (DECODER_OUTPUT, DECODER_LOGITS)
+    ]
     assert all(r.passed and r.max_abs == 0.0 and r.batch_sizes == BATCH_SIZES for r in rows)
 
 
@@ -60,6 +64,7 @@ def test_a_difference_beyond_atol_or_a_nan_fails(
     assert all(not r.passed for r in rows)
     message = report.failure_message()
     assert f"decoder output '{DECODER_OUTPUT}'" in message
+    assert f"decoder output '{DECODER_LOGITS}'" in message
     assert f"atol {ATOL:g}" in message
     assert ("inf" if nan else f"{3 * ATOL:.3g}") in message
     assert " NO" in report.table()
@@ -105,7 +110,7 @@ def test_failed_verification_replaces_nothing(
     with pytest.raises(VerificationError) as info:
         onnx_export.export_checkpoint(checkpoints["tiny"], tmp_path, force=True)
     message = str(info.value)
-    for output in ("'mu'", "'logvar'", "'image'"):
+    for output in ("'mu'", "'logvar'", "'image'", "'logits'"):
         assert output in message
     assert "0.001" in message
     assert f"atol {ATOL:g}" in message
