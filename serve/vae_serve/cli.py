@@ -51,6 +51,14 @@ def serve_command(
     ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0: all)."),
     port: int = typer.Option(8000, "--port", help="Port to bind (0: any free port)."),
+    grpc_port: int | None = typer.Option(
+        None,
+        "--grpc-port",
+        help="Also serve the protocol over gRPC (inference.GRPCInferenceService, as "
+        "tritonclient.grpc calls it) on this port (0: any free port), from the same models; "
+        "one process (--workers 1).",
+        show_default=False,
+    ),
     workers: int = typer.Option(1, "--workers", help="uvicorn worker processes."),
     threads: int = typer.Option(
         1,
@@ -145,13 +153,19 @@ def serve_command(
         any(v is not None for v in ray_options) or (max_ongoing_requests, num_cpus) != (5, 1.0)
     ):
         raise InvalidArgumentError("replica options go with --ray or --write-serve-config")
+    if grpc_port is not None and (on_ray or write_serve_config):
+        raise InvalidArgumentError(
+            "--grpc-port goes with vae-serve's own server; on Ray Serve see "
+            "docs/deploy/ray-serve.md (gRPC)"
+        )
     if force and write_serve_config is None:
         raise InvalidArgumentError(
             "--force goes with --write-serve-config (the only file vae-serve writes)"
         )
     if not (on_ray or write_serve_config):
         level = "error" if quiet else log_level
-        say(serve(config, Listen(host, port, workers, level, access_log, drain_seconds), say))
+        listen = Listen(host, port, workers, level, access_log, drain_seconds, grpc_port)
+        say(serve(config, listen, say))
         return
     if workers != 1:
         raise InvalidArgumentError("with Ray Serve, scale with --num-replicas, not --workers")

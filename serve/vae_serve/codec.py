@@ -61,6 +61,10 @@ class UnsupportedError(RequestError):
     status = 415
 
 
+class OverCapError(RequestError):
+    """A batch past --max-batch (HTTP 400, as any bad value; gRPC's RESOURCE_EXHAUSTED)."""
+
+
 class NotReadyError(RequestError):
     """The app's lifespan has not loaded the models (yet, or any more)."""
 
@@ -170,15 +174,16 @@ def _shape(raw: Any, spec: TensorSpec, max_batch: int, model: str) -> tuple[int,
             "(-1: any batch size)"
         )
     if spec.shape and spec.shape[0] == -1 and not 1 <= shape[0] <= max_batch:
-        raise RequestError(
+        raise (OverCapError if shape[0] > max_batch else RequestError)(
             f"{where}: a batch of {shape[0]:,}, this server takes 1..{max_batch:,} per request "
             "(--max-batch)"
         )
     return shape
 
 
-def _from_json(data: Any, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
-    """JSON `data` (flat row-major, or nested) as an array of the spec's type and `shape`."""
+def from_values(data: Any, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
+    """Values (JSON `data`, flat row-major or nested; gRPC's typed contents) as an array of
+    the spec's type and `shape`."""
     where = f"input '{spec.name}'"
     array = as_array(f"{where} data", data)
     kind = array.dtype.kind
@@ -235,26 +240,16 @@ def parse_infer(
         if not isinstance(raw, dict):
             raise RequestError("each of 'inputs' must be a JSON object")
         name = _field(raw, "name", str, "an input")
-        spec = specs.get(name)
-        if spec is None:
-            raise RequestError(
-                f"model '{model}' has no input {name!r} (inputs: {', '.join(specs)})"
-            )
         if name in arrays:
             raise RequestError(f"input '{name}' is given twice")
-        datatype = _field(raw, "datatype", str, f"input '{name}'")
-        if datatype != spec.datatype:
-            raise RequestError(f"input '{name}' must be {spec.datatype}, got {datatype!r:.20}")
-        shape = _shape(raw.get("shape"), spec, max_batch, model)
+        datatype = _field(raw, "datatype", str, f"input '{name}'") if name in specs else ""
+        spec, shape = check_input(
+            specs, name, datatype, raw.get("shape"), model=model, max_batch=max_batch
+        )
         params = _parameters(raw, f"input '{name}'")
         if BINARY_SIZE in params:
             nbytes = params[BINARY_SIZE]
-            want = math.prod(shape) * DTYPES[datatype].itemsize
-            if type(nbytes) is not int or nbytes != want:
-                raise RequestError(
-                    f"input '{name}': {BINARY_SIZE} is {nbytes!r}, shape {list(shape)} of "
-                    f"{datatype} needs {want:,} bytes"
-                )
+            check_size(spec, shape, nbytes, BINARY_SIZE)
             if offset + nbytes > len(binary):
                 raise RequestError(
                     f"input '{name}': the binary data is truncated ({nbytes:,} bytes declared, "
@@ -264,17 +259,61 @@ def parse_infer(
             arrays[name] = np.frombuffer(chunk, DTYPES[datatype]).reshape(shape)
             offset += nbytes
         elif "data" in raw:
-            arrays[name] = _from_json(raw["data"], spec, shape)
+            arrays[name] = from_values(raw["data"], spec, shape)
         else:
             raise RequestError(f"input '{name}' has neither 'data' nor a {BINARY_SIZE} parameter")
     if offset != len(binary):
         raise RequestError(
             f"{len(binary) - offset:,} bytes follow the JSON header that no input declares"
         )
-    missing = [s.name for s in inputs if s.name not in arrays and not s.optional]
+    check_complete(inputs, arrays, model)
+    return InferRequest(request_id, arrays, _outputs(request, outputs, model))
+
+
+def check_input(
+    specs: Mapping[str, TensorSpec],
+    name: str,
+    datatype: str,
+    shape: Any,
+    *,
+    model: str,
+    max_batch: int,
+) -> tuple[TensorSpec, tuple[int, ...]]:
+    """An input's name, datatype and shape (a list) against a model's inputs by name: its spec
+    and shape, or a RequestError. The one check of an input over HTTP and over gRPC."""
+    spec = specs.get(name)
+    if spec is None:
+        raise RequestError(f"model '{model}' has no input {name!r} (inputs: {', '.join(specs)})")
+    if datatype != spec.datatype:
+        raise RequestError(f"input '{name}' must be {spec.datatype}, got {datatype!r:.20}")
+    return spec, _shape(shape, spec, max_batch, model)
+
+
+def check_size(spec: TensorSpec, shape: tuple[int, ...], nbytes: Any, what: str) -> int:
+    """`nbytes` of raw tensor data (`what` declares it) against what `shape` needs."""
+    want = math.prod(shape) * DTYPES[spec.datatype].itemsize
+    if type(nbytes) is not int or nbytes != want:
+        raise RequestError(
+            f"input '{spec.name}': {what} is {nbytes!r}, shape {list(shape)} of "
+            f"{spec.datatype} needs {want:,} bytes"
+        )
+    return want
+
+
+def check_complete(inputs: Sequence[TensorSpec], given: Mapping[str, Any], model: str) -> None:
+    """Every input that is not optional was given."""
+    missing = [s.name for s in inputs if s.name not in given and not s.optional]
     if missing:
         raise RequestError(f"model '{model}' needs input(s) {', '.join(missing)}")
-    return InferRequest(request_id, arrays, _outputs(request, outputs, model))
+
+
+def check_output(names: set[str], name: str, model: str) -> str:
+    """An output asked for by name is one of the model's."""
+    if name not in names:
+        raise RequestError(
+            f"model '{model}' has no output {name!r} (outputs: {', '.join(sorted(names))})"
+        )
+    return name
 
 
 def _outputs(
@@ -292,11 +331,7 @@ def _outputs(
     for raw in asked:
         if not isinstance(raw, dict):
             raise RequestError("each of 'outputs' must be a JSON object")
-        name = _field(raw, "name", str, "an output")
-        if name not in names:
-            raise RequestError(
-                f"model '{model}' has no output {name!r} (outputs: {', '.join(sorted(names))})"
-            )
+        name = check_output(names, _field(raw, "name", str, "an output"), model)
         params = _parameters(raw, f"output '{name}'")
         chosen[name] = _flag(params, "binary_data", f"output '{name}'") or (
             "binary_data" not in params and default

@@ -9,7 +9,7 @@ on the way is the protocol's error form with its status; the app keeps serving.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -86,15 +86,18 @@ def state(request: Request) -> State:
     return loaded
 
 
-def _model(request: Request) -> Model:
-    models = state(request).models.models
-    name = request.path_params["name"]
+def find_model(models: Mapping[str, Model], name: str, version: str = VERSION) -> Model:
+    """The model `name` at `version` (NotFoundError, 404): over HTTP and gRPC alike."""
     if name not in models:
         raise NotFoundError(f"unknown model {name!r}; this server has {', '.join(models)}")
-    version = request.path_params.get("version", VERSION)
     if version != VERSION:
         raise NotFoundError(f"model {name!r} has no version {version!r} (versions: {VERSION})")
     return models[name]
+
+
+def _model(request: Request) -> Model:
+    params = request.path_params
+    return find_model(state(request).models.models, params["name"], params.get("version", VERSION))
 
 
 async def read_body(request: Request, cap: int) -> bytes:

@@ -10,13 +10,16 @@ import signal
 import socket
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vae_runtime import signals
 from vae_runtime.errors import InvalidArgumentError, VaeError, check_int
 
 from .app import CONFIG_ENV, ServeConfig, create_app, worker_app
 from .models import Models, load_models
+
+if TYPE_CHECKING:
+    from .grpc_server import GrpcFront
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -60,10 +63,18 @@ class Listen:
     log_level: str = "info"
     access_log: bool = False
     drain_seconds: int = 30
+    grpc_port: int | None = None  # gRPC beside HTTP (grpc_server.py), in this one process
 
     def check(self) -> Listen:
         check_int("port", self.port, 0, 65535)
         check_int("workers", self.workers, 1, 64)
+        if self.grpc_port is not None:
+            check_int("grpc port", self.grpc_port, 0, 65535)
+            if self.workers != 1:
+                raise InvalidArgumentError(
+                    "--grpc-port serves from one process: leave --workers at 1 (each uvicorn "
+                    "worker would need a gRPC port of its own)"
+                )
         check_int("drain seconds", self.drain_seconds, 0, 3600)
         if self.log_level not in _LOG_LEVELS:
             raise InvalidArgumentError(
@@ -123,17 +134,28 @@ def serve(config: ServeConfig, listen: Listen, announce: Callable[[str], None]) 
     models = load_models(config)
     sock = _listen(listen.host, listen.port)
     url = base_url(*sock.getsockname()[:2])
+    front, grpc = None, ""
+    if listen.grpc_port is not None:
+        from .grpc_server import bind  # grpcio is imported only when asked for
+
+        front = bind(listen.host, listen.grpc_port, max_message_bytes=config.max_body_bytes)
+        grpc = f"; gRPC at {base_url(listen.host, front.port).removeprefix('http://')}"
     announce(
         f"serving {', '.join(models.models)} at {url} (V2: /v2/models/<name>/infer; "
-        "/samples.png; /metrics)"
+        f"/samples.png; /metrics){grpc}"
     )
-    return _run_uvicorn(config, listen, models, sock, stack)  # pragma: no cover  (see below)
+    return _run_uvicorn(config, listen, models, sock, stack, front)  # pragma: no cover
 
 
 # Runs in vae-serve's own process only (tests/serve/test_serve.py starts it, signals it and
 # checks its exit code and output; coverage is measured in-process).
 def _run_uvicorn(  # pragma: no cover
-    config: ServeConfig, listen: Listen, models: Models, sock: socket.socket, stack: HttpStack
+    config: ServeConfig,
+    listen: Listen,
+    models: Models,
+    sock: socket.socket,
+    stack: HttpStack,
+    front: GrpcFront | None = None,
 ) -> str:
     import logging
 
@@ -155,6 +177,18 @@ def _run_uvicorn(  # pragma: no cover
                     self.handle_exit(signum, None)
                 yield
 
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)  # the lifespan has loaded the models
+            if front is not None and not self.should_exit:
+                from .grpc_server import app_state
+
+                front.start(app_state(self.config.app))
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if front is not None:  # gRPC refuses new calls now, drains beside HTTP
+                front.stop(listen.drain_seconds)
+            super().handle_exit(sig, frame)
+
     class Supervisor(Multiprocess):  # its handlers queue signals and never re-raise them
         def handle_signals(self) -> None:
             stops.extend(s for s in self.signal_queue if s in signals.SIGNALS)
@@ -172,7 +206,11 @@ def _run_uvicorn(  # pragma: no cover
     if listen.workers == 1:
         uv = uvicorn.Config(create_app(config, models), **common)
         logging.getLogger("uvicorn.error").info(stack.describe())  # Config set up the logging
-        Server(uv).run(sockets=[sock])
+        try:
+            Server(uv).run(sockets=[sock])
+        finally:
+            if front is not None:  # the calls in flight finish on the State they read
+                front.stop(listen.drain_seconds).wait()
     else:  # each worker loads the graphs itself, from the config it finds in the environment
         os.environ[CONFIG_ENV] = config.to_json()
         app = f"{worker_app.__module__}:{worker_app.__name__}"

@@ -41,11 +41,12 @@ def int8_copy(source: Path, target: Path) -> None:
 
 @dataclass
 class Running:
-    """A vae-serve started by a test: its URL ("127.0.0.1:port"), and its process (None for
-    the in-process server)."""
+    """A vae-serve started by a test: its URL ("127.0.0.1:port"), its process (None for
+    the in-process server) and, with --grpc-port, its gRPC address."""
 
     address: str
     process: subprocess.Popen[str] | None = None
+    grpc: str | None = None
 
     @property
     def url(self) -> str:
@@ -70,7 +71,8 @@ def start_server(*args: object, env: dict[str, str] | None = None) -> Running:
         _, err = process.communicate(timeout=30)
         pytest.fail(f"vae-serve did not start: {line}{err}")
     address = line.split("http://")[1].split()[0]
-    return Running(address, process)
+    grpc = line.split("gRPC at ")[1].split()[0] if "gRPC at " in line else None
+    return Running(address, process, grpc)
 
 
 def stop_server(running: Running, timeout: float = 30) -> tuple[int, str, str]:

@@ -227,7 +227,9 @@ def test_parser_outputs_and_binary() -> None:
 def test_cli_up_to_uvicorn(export_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
 
-    def fake_uvicorn(config: ServeConfig, listen: Listen, models: Any, sock: socket.socket) -> str:
+    def fake_uvicorn(
+        config: ServeConfig, listen: Listen, models: Any, sock: socket.socket, *rest: Any
+    ) -> str:
         seen.update(config=config, listen=listen, models=models, address=sock.getsockname())
         sock.close()
         return "stopped by SIGTERM"

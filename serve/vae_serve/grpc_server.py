@@ -1,0 +1,265 @@
+"""gRPC: the Open Inference Protocol's `inference.GRPCInferenceService` (the service
+tritonclient.grpc calls), served beside HTTP in the same process from the same models.
+
+The stubs are tritonclient's (`tritonclient.grpc.service_pb2` and `service_pb2_grpc`, generated
+from Triton's grpc_service.proto and maintained with it), not vendored .proto files. Each call
+reads the app's `State` afresh (a model swap is one reference assignment on it), checks its
+tensors with the codec's checks (the same one-line messages as HTTP), runs the model through
+the runtime's sessions and answers raw little-endian tensors. A bad request ends its own call
+with a status code; the server serves on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from vae_runtime import __version__
+from vae_runtime.errors import EXIT_USAGE, VaeError
+
+from .app import SERVER_NAME
+from .codec import (
+    DTYPES,
+    VERSION,
+    NotFoundError,
+    NotReadyError,
+    OverCapError,
+    RequestError,
+    TensorSpec,
+    TooLargeError,
+    check_complete,
+    check_input,
+    check_output,
+    check_size,
+    from_values,
+)
+from .endpoints import NOT_LOADED, find_model
+
+if TYPE_CHECKING:
+    from .app import State
+
+T = TypeVar("T")
+# The typed `contents` field that holds each datatype's values (when not raw_input_contents).
+CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents"}
+RAW = "the raw_input_contents size"  # how check_size names what a raw input declares
+
+
+def status_code(exc: VaeError) -> grpc.StatusCode:
+    """The gRPC status of an error that HTTP answers with `exc.status` (or 500)."""
+    if isinstance(exc, NotFoundError):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, NotReadyError):
+        return grpc.StatusCode.UNAVAILABLE
+    if isinstance(exc, TooLargeError | OverCapError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(exc, RequestError) or exc.exit_code == EXIT_USAGE:
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return grpc.StatusCode.INTERNAL
+
+
+def http_status(exc: VaeError) -> int:
+    """The HTTP status the same error gets (what /metrics counts it as)."""
+    if isinstance(exc, RequestError):
+        return exc.status
+    return 400 if exc.exit_code == EXIT_USAGE else 500
+
+
+def _abort(context: grpc.ServicerContext, exc: VaeError) -> NoReturn:
+    context.abort(status_code(exc), " ".join(str(exc).split()))
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+def _tensors(specs: tuple[TensorSpec, ...]) -> list[Any]:
+    meta = pb.ModelMetadataResponse.TensorMetadata
+    return [meta(name=s.name, datatype=s.datatype, shape=s.shape) for s in specs]
+
+
+class Servicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """The protocol's calls over the `State` that `state()` returns at each call (None: not
+    loaded, UNAVAILABLE). Method names are the service's."""
+
+    def __init__(self, state: Callable[[], State | None]) -> None:
+        self.state = state
+
+    def _loaded(self) -> State:
+        loaded = self.state()
+        if loaded is None:
+            raise NotReadyError(NOT_LOADED)
+        return loaded
+
+    def _answer(self, context: grpc.ServicerContext, work: Callable[[], T]) -> T:
+        try:
+            return work()
+        except VaeError as exc:
+            _abort(context, exc)
+
+    def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=self.state() is not None)
+
+    def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        loaded = self.state()
+        models = {} if loaded is None else loaded.models.models
+        ready = request.name in models and request.version in ("", VERSION)
+        return pb.ModelReadyResponse(ready=ready)
+
+    def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=__version__, extensions=["model_repository(index)"]
+        )
+
+    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        def work() -> Any:
+            model = find_model(
+                self._loaded().models.models, request.name, request.version or VERSION
+            )
+            return pb.ModelMetadataResponse(
+                name=model.name,
+                versions=[VERSION],
+                platform=model.platform,
+                inputs=_tensors(model.inputs),
+                outputs=_tensors(model.outputs),
+            )
+
+        return self._answer(context, work)
+
+    def RepositoryIndex(self, request: Any, context: grpc.ServicerContext) -> Any:
+        def work() -> Any:
+            index = pb.RepositoryIndexResponse.ModelIndex
+            names = self._loaded().models.models
+            return pb.RepositoryIndexResponse(
+                models=[index(name=n, version=VERSION, state="READY") for n in names]
+            )
+
+        return self._answer(context, work)
+
+    def ModelConfig(self, request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "model configuration is not served over gRPC yet; GET /v2/models/<name>/config",
+        )
+
+    def ModelStatistics(self, request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "statistics are not served over gRPC yet; GET /v2/models/<name>/stats or /metrics",
+        )
+
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
+        loaded = self._answer(context, self._loaded)
+        start, code, images = time.perf_counter(), 500, 0
+        try:
+            config, name = loaded.config, request.model_name
+            model = find_model(loaded.models.models, name, request.model_version or VERSION)
+            feed = read_inputs(request, model.inputs, model=name, max_batch=config.max_batch)
+            names = {s.name for s in model.outputs}
+            asked = [check_output(names, o.name, name) for o in request.outputs]
+            results = model.run(feed)
+            specs = {s.name: s for s in model.outputs}
+            response = pb.ModelInferResponse(model_name=name, model_version=VERSION, id=request.id)
+            for out in dict.fromkeys(asked or specs):  # in the order asked; all when none are
+                spec = specs[out]
+                array = np.ascontiguousarray(results[out], dtype=DTYPES[spec.datatype])
+                response.outputs.add(name=out, datatype=spec.datatype, shape=array.shape)
+                response.raw_output_contents.append(array.tobytes())
+            images, code = len(next(iter(results.values()))), 200
+            return response
+        except VaeError as exc:
+            code = http_status(exc)
+            _abort(context, exc)
+        finally:
+            loaded.metrics.observe(request.model_name, code, time.perf_counter() - start, images)
+
+
+def read_inputs(
+    request: Any, inputs: tuple[TensorSpec, ...], *, model: str, max_batch: int
+) -> dict[str, np.ndarray]:
+    """A ModelInferRequest's input arrays by name: each checked as HTTP checks it (name,
+    datatype, shape, batch cap), its values from raw_input_contents (one per input, in order)
+    or else from the datatype's typed `contents`."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise RequestError(
+            f"raw_input_contents holds {len(raw)} tensors for {len(request.inputs)} inputs; "
+            "give one per input, in their order (or none, and typed contents)"
+        )
+    specs: Mapping[str, TensorSpec] = {s.name: s for s in inputs}
+    arrays: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if name in arrays:
+            raise RequestError(f"input '{name}' is given twice")
+        spec, shape = check_input(
+            specs, name, tensor.datatype, list(tensor.shape), model=model, max_batch=max_batch
+        )
+        if raw:
+            if tensor.HasField("contents"):
+                raise RequestError(f"input '{name}': give raw_input_contents or contents, not both")
+            check_size(spec, shape, len(raw[index]), RAW)
+            arrays[name] = np.frombuffer(raw[index], DTYPES[spec.datatype]).reshape(shape)
+        else:
+            values = getattr(tensor.contents, CONTENTS[spec.datatype])
+            arrays[name] = from_values(list(values), spec, shape)
+    check_complete(inputs, arrays, model)
+    return arrays
+
+
+@dataclass
+class GrpcFront:
+    """A bound gRPC server (not started until `start`) and its port."""
+
+    server: Any
+    port: int
+    servicer: Servicer = field(repr=False)
+
+    def start(self, state: Callable[[], State | None]) -> None:
+        """Serve the State that `state()` returns at each call."""
+        self.servicer.state = state
+        self.server.start()
+
+    def stop(self, grace: float) -> Any:
+        """Refuse new calls now, give those in flight `grace` seconds; a threading.Event that is
+        set once they are done."""
+        return self.server.stop(grace)
+
+
+def app_state(app: Any) -> Callable[[], State | None]:
+    """What the app's lifespan loaded, read at each call (None before and after it)."""
+    return lambda: getattr(app.state, "vae", None)
+
+
+def bind(host: str, port: int, *, max_message_bytes: int, threads: int | None = None) -> GrpcFront:
+    """A gRPC server on host:port (0: a free port), its calls run in a pool of `threads`
+    (ThreadPoolExecutor's default: min(32, CPUs + 4)); a request message past
+    `max_message_bytes` (the HTTP body cap) is RESOURCE_EXHAUSTED. One line if it cannot bind."""
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vae-grpc")
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.so_reuseport", 0),  # a port in use is an error, not a silently shared port
+    ]
+    server = grpc.server(pool, options=options)
+    servicer = Servicer(lambda: None)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        pool.shutdown(wait=False)
+        raise VaeError(
+            f"cannot listen on {address} for gRPC; stop what uses it or choose another "
+            "--grpc-port (0: any free port)"
+        )
+    return GrpcFront(server, bound, servicer)
