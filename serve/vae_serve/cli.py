@@ -72,6 +72,11 @@ def serve_command(
     max_batch: int = typer.Option(1024, "--max-batch", help="Rows per inference request."),
     max_body_mb: int = typer.Option(16, "--max-body-mb", help="Request body cap, MiB."),
     max_grid: int = typer.Option(1024, "--max-grid", help="Images in one /samples.png."),
+    max_score_rows: int = typer.Option(
+        1 << 20,
+        "--max-score-rows",
+        help="The scorer's cap: k x images in one request (decoder rows; above it: 400).",
+    ),
     cors_origin: list[str] = typer.Option(
         [],
         "--cors-origin",
@@ -146,6 +151,7 @@ def serve_command(
         max_body_bytes=check_int("max body MiB", max_body_mb, 1, 2047) << 20,
         max_grid=max_grid,
         cors_origins=tuple(cors_origin),
+        max_score_rows=max_score_rows,
     )
     on_ray = ray or ray_address is not None
     ray_options = (num_replicas, min_replicas, max_replicas, target_ongoing_requests)
