@@ -58,15 +58,23 @@ demo: install
 	$(BIN)/vae-generate --onnx $(OUT)/decoder.onnx --out $(OUT)/generated.png --force
 	@echo "wrote $(OUT)/model.pt, $(OUT)/encoder.onnx, $(OUT)/decoder.onnx, $(OUT)/generated.png"
 
+# Every table of docs/benchmarks.md, after `make demo` wrote $(OUT)/ (on real MNIST when
+# VAE_DATA_DIR is set), the machine block first; a quiet machine, about an hour
+# (docs/benchmarks.md#how-we-measure). `make bench QUICK=1`: each script's tiny setting, a check.
+BENCH_Q := $(if $(QUICK),--quick)
+BENCH_DATA := $(if $(VAE_DATA_DIR),--data-dir $(VAE_DATA_DIR))
 bench: install
+	@test -f $(OUT)/model.pt -a -f $(OUT)/decoder.onnx || { echo "make bench: run make demo first (it writes $(OUT)/)"; exit 2; }
+	$(BIN)/python bench/measure.py
 	$(BIN)/python bench/train_speed.py
-	$(BIN)/python bench/train_threads.py
-	$(BIN)/python bench/commands.py
-	$(BIN)/python bench/generate_speed.py --model $(OUT)/model.pt --decoder $(OUT)/decoder.onnx
+	$(if $(VAE_DATA_DIR),$(BIN)/python bench/train_threads.py --all $(BENCH_Q),@echo "== train_threads.py skipped: set VAE_DATA_DIR")
+	$(if $(VAE_DATA_DIR),$(BIN)/python bench/commands.py $(BENCH_Q),@echo "== commands.py skipped: set VAE_DATA_DIR")
+	$(BIN)/python bench/generate_speed.py --model $(OUT)/model.pt --decoder $(OUT)/decoder.onnx $(BENCH_Q)
 	$(BIN)/vae-export $(OUT)/model.pt -o $(OUT)/precisions --precision fp32,int8,fp16 --force --quiet
-	$(BIN)/python bench/generate_speed.py --precisions $(OUT)/precisions --methods
-	$(BIN)/python bench/typer_pin.py --decoder $(OUT)/decoder.onnx
-	$(BIN)/python bench/web_speed.py --onnx-dir $(OUT)
+	$(BIN)/python bench/generate_speed.py --precisions $(OUT)/precisions $(BENCH_DATA) --methods $(BENCH_Q)
+	$(BIN)/python bench/typer_pin.py --decoder $(OUT)/decoder.onnx $(BENCH_Q)
+	$(BIN)/python bench/web_speed.py --onnx-dir $(OUT) $(BENCH_Q)
+	$(BIN)/python bench/web_speed.py --onnx-dir $(OUT) --no-isolate $(BENCH_Q)
 	$(BIN)/python -m pip install -q fastapi  # the reference server of serve_speed.py only
 	$(BIN)/python bench/serve_speed.py --model $(OUT)/model.pt --onnx-dir $(OUT)
 

@@ -1,28 +1,28 @@
 """Speed of the torch-free runtime against torch on the same weights, printed as one table.
 
-    python bench/generate_speed.py --model model.pt --decoder decoder.onnx [--runs 7]
+    python bench/generate_speed.py --model model.pt --decoder decoder.onnx [--pairs 7] [--quick]
 
-Measures, in one run:
-  cold start   `vae-generate` for a 5x5 grid as a whole process (median of --runs) against a torch
-               script that loads model.pt, decodes the same latents and writes the PNG;
-  peak memory  of those two processes (max RSS, from wait4);
+Every comparison runs its two contenders in alternating pairs (bench/measure.py): the figure is
+the median of the pairs' ratios, printed with min-max and interquartile range. In one run:
+  cold start   `vae-generate` for a 5x5 grid as a whole process against a torch script that loads
+               model.pt, decodes the same latents and writes the PNG (byte-identical, checked);
+  peak memory  of those two processes (max RSS over the runs, from wait4);
   throughput   images/s at batch 1, 64, 1024: onnxruntime (`Decoder.decode`) against torch eager
                on the same weights, each in a process of its own (the onnxruntime one without
-               torch, as deployed), beside the arithmetic floor: the decoder's matmul FLOPs per
-               image over the float32 matmul rate measured now (best of torch and numpy, 2048^3);
-  bulk         `vae-generate -n 100000 --npy` as a whole process: time and peak memory (each
-               run writes a new file: the previous one is deleted and synced away first).
-Targets are printed beside each figure. Run it on a quiet machine: it is a
-measurement, not a test. This script may import torch and vae_train; the runtime never does.
+               torch, as deployed), a pair of worker processes per pair; beside the arithmetic
+               floor: the decoder's matmul FLOPs per image over the float32 matmul rate measured
+               in the same workers (best of numpy and torch, 2048^3);
+  bulk         `vae-generate -n 100000 --npy` as a whole process, alone: median time (min-max)
+               and peak memory (each run writes a new file: the previous one is deleted first).
+Targets are printed beside each figure, and a missed one says so. Run it on a quiet machine: it
+is a measurement, not a test. This script may import torch and vae_train; the runtime never does.
 
-    python bench/generate_speed.py --precisions out/ [--data-dir MNIST] [--methods]
+    python bench/generate_speed.py --precisions out/ [--data-dir MNIST] [--methods] [--quick]
 
-Precisions, for a folder exported with `vae-export --precision fp32,int8,fp16`: for
-each precision and graph, file size, images/s at batch 1, 64 and 1024 (rounds alternate between
-precisions, best of each) and the quality figures the export's gate recorded in manifest.json.
-`--methods` adds the int8 method comparison behind the shipped choice: onnxruntime's static QDQ
-quantization (MinMax, percentile and entropy calibration on test images and prior samples, the
-same layers kept float32) against the shipped dynamic quantization, quality measured here.
+Precisions (bench/precision_speed.py), for a folder exported with `vae-export --precision
+fp32,int8,fp16`: each graph against the fp32 graph of its role, in-process, at batch 1, 64 and
+1024, with the file sizes and the quality figures the export's gate recorded. `--methods` adds
+the int8 method comparison behind the shipped choice.
 """
 
 from __future__ import annotations
@@ -35,13 +35,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from measure import (
+    MIN_PAIRS,
+    alternate,
+    alternate_samples,
+    calibrate,
+    print_machine,
+    repeat,
+    spread,
+    verdict,
+)
+from precision_speed import int8_methods, precision_table
 
 BATCHES = (1, 64, 1024)
-ROUNDS = 5  # of the precision tables: each graph's best of ROUNDS alternating rounds
 
 # The torch equivalent of `vae-generate --onnx decoder.onnx` (5x5 grid from seed 0).
 TORCH_SCRIPT = """
@@ -59,60 +68,18 @@ save_png(tile(images, 5, 5), sys.argv[2])
 """
 
 
-def run_process(cmd: list[str], cwd: Path) -> tuple[float, float]:
-    """Run `cmd` to completion: (wall seconds, peak RSS in MB). Fails loudly on a non-zero exit."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
-    return wall, usage.ru_maxrss / 1024  # Linux reports KiB
-
-
-def median_process(
-    cmd: list[str], cwd: Path, runs: int, fresh: Path | None = None
-) -> tuple[float, float]:
-    """Median wall time and peak RSS of `runs` runs after one warm-up run. `fresh`: an output to
-    delete (and sync away) before each run, so that a run does not pay for the file system
-    freeing the previous run's 300 MB file."""
-    results = []
-    for i in range(runs + 1):
-        if fresh is not None:
-            fresh.unlink(missing_ok=True)
-            os.sync()
-        result = run_process(cmd, cwd)
-        if i:  # the first run warms the page cache: we measure start-up, not the disk
-            results.append(result)
-    return statistics.median(r[0] for r in results), max(r[1] for r in results)
-
-
-def rate(fn: Callable[[], object], items: int, min_seconds: float = 0.5) -> float:
-    """Items per second of `fn`, best of three timed rounds of at least `min_seconds` each."""
+def rate(fn: object, items: int, min_sample_s: float, samples: int = 5) -> float:
+    """Items per second of `fn`: the median of `samples` samples of at least `min_sample_s`."""
+    assert callable(fn)
     fn()  # warm-up: first-run allocations, lazy initialisation
-    reps = 1
-    while True:
+    loops = calibrate(fn, min_sample_s)
+    seconds = []
+    for _ in range(samples):
         start = time.perf_counter()
-        for _ in range(reps):
+        for _ in range(loops):
             fn()
-        if time.perf_counter() - start >= min_seconds / 5:
-            break
-        reps *= 2
-    best = 0.0
-    for _ in range(3):
-        n = reps * 5  # about min_seconds
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = max(best, n * items / (time.perf_counter() - start))
-    return best
-
-
-def _matrices(n: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    return rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+        seconds.append((time.perf_counter() - start) / loops)
+    return items / statistics.median(seconds)
 
 
 def _dims(checkpoint: Path) -> tuple[int, int]:
@@ -123,24 +90,26 @@ def _dims(checkpoint: Path) -> tuple[int, int]:
     return int(config["latent_dim"]), int(config["hidden_dim"])
 
 
-def worker(backend: str, checkpoint: Path, decoder_path: Path) -> dict[str, float]:
-    """One backend's throughput at each batch size, and the matmul rate (FLOP/s of a 2048^3
-    float32 product) measured with the same library: numpy beside onnxruntime, torch beside torch.
-    The "ort" worker never imports torch."""
+def worker(backend: str, checkpoint: Path, decoder_path: Path, quick: bool) -> dict[str, float]:
+    """One backend's images/s at each batch size, and the matmul rate (FLOP/s of an n^3 float32
+    product) with the same library: numpy beside onnxruntime, torch beside torch. The "ort"
+    worker never imports torch."""
     from vae_runtime import sample_latents
 
     threads = len(os.sched_getaffinity(0))
-    a, b = _matrices()
-    flops = 2 * a.shape[0] ** 3
+    n, min_s = (256, 0.005) if quick else (2048, 0.1)
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+    flops = 2 * n**3
     result: dict[str, float] = {}
     if backend == "ort":
         from vae_runtime import Decoder
 
         decoder = Decoder.load(decoder_path, threads=threads)
-        result["matmul"] = rate(lambda: a @ b, flops, 1.0)
+        result["matmul"] = rate(lambda: a @ b, flops, 2 * min_s)
         for batch in BATCHES:
             z = sample_latents(batch, decoder.latent_dim, 0)
-            result[str(batch)] = rate(lambda z=z: decoder.decode(z), batch, 0.3)
+            result[str(batch)] = rate(lambda z=z: decoder.decode(z), batch, min_s)
         assert "torch" not in sys.modules, "the onnxruntime worker must run without torch"
     else:
         import torch
@@ -151,198 +120,145 @@ def worker(backend: str, checkpoint: Path, decoder_path: Path) -> dict[str, floa
         ckpt = load_checkpoint(checkpoint)
         model = ckpt.build_model(checkpoint)
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        result["matmul"] = rate(lambda: torch.mm(ta, tb), flops, 1.0)
+        result["matmul"] = rate(lambda: torch.mm(ta, tb), flops, 2 * min_s)
         with torch.inference_mode():
             for batch in BATCHES:
                 tz = torch.from_numpy(sample_latents(batch, ckpt.config.latent_dim, 0))
-                result[str(batch)] = rate(lambda tz=tz: model.decode(tz), batch, 0.3)
+                result[str(batch)] = rate(lambda tz=tz: model.decode(tz), batch, min_s)
     return result
 
 
-def _table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
-    for row in (head, tuple("-" * w for w in widths), *rows):
-        print(
-            " | ".join(
-                c.ljust(w) if i == 0 else c.rjust(w)
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+def throughput(
+    checkpoint: Path, decoder_path: Path, pairs: int, quick: bool
+) -> dict[str, list[dict[str, float]]]:
+    """Worker processes in alternating pairs (ort, torch / torch, ort / ...): each pair's
+    figures, in pair order."""
+    found: dict[str, list[dict[str, float]]] = {"ort": [], "torch": []}
+
+    def sampler(backend: str) -> float:
+        cmd = [sys.executable, __file__, "--worker", backend, "--model", str(checkpoint)]
+        out = subprocess.run(
+            [*cmd, "--decoder", str(decoder_path), *(["--quick"] if quick else [])],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        found[backend].append(json.loads(out))
+        return 1.0  # the figures are in `found`; alternate_samples only keeps the order
+
+    alternate_samples(lambda: sampler("ort"), lambda: sampler("torch"), pairs, warmup=0)
+    return found
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    header = ("metric", "vae-generate (onnxruntime)", "torch", "ratio", "target")
+    widths = [max(len(r[i]) for r in [*rows, header]) for i in range(len(header))]
+    for row in (header, tuple("-" * w for w in widths), *rows):
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+
+
+def compare(checkpoint: Path, decoder_path: Path, pairs: int, bulk: int, quick: bool) -> None:
+    """The runtime against torch: cold start, memory, bulk, throughput."""
+    generate = str(Path(sys.executable).parent / "vae-generate")
+    rows: list[tuple[str, ...]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        ours_cmd = [generate, "--onnx", str(decoder_path), "--force"]
+        torch_cmd = [sys.executable, "-c", TORCH_SCRIPT, str(checkpoint), "torch.png"]
+        cold = alternate(ours_cmd, torch_cmd, pairs, cwd=work)
+        same = (work / "samples.png").read_bytes() == (work / "torch.png").read_bytes()
+        ours_s, ours_mb, ref_mb = cold.seconds_a.median, cold.peak_mb["a"], cold.peak_mb["b"]
+        rows.append(
+            (
+                "cold start 5x5, whole process",
+                cold.seconds_a.show(3, " s"),
+                cold.seconds_b.show(3, " s"),
+                cold.ratio.show(1, "x"),
+                f"<= 0.35 s: {verdict(ours_s, 0.35, False)}; "
+                f">= 5x: {verdict(cold.ratio.median, 5)}",
             )
-        )
-
-
-def _speeds(
-    graphs: dict[str, object], inputs: dict[str, np.ndarray]
-) -> dict[str, dict[int, float]]:
-    """images/s of each graph at each batch size: rounds alternate between the graphs (best of
-    ROUNDS), so a busy moment of the shared machine picks no winner."""
-    best: dict[str, dict[int, float]] = {k: {} for k in graphs}
-    for _ in range(ROUNDS):
-        for key, graph in graphs.items():
-            x = inputs[key]
-            run = graph.decode if hasattr(graph, "decode") else graph.encode  # type: ignore[attr-defined]
-            for batch in BATCHES:
-                data = np.ascontiguousarray(x[:batch])
-                speed = rate(lambda d=data, r=run, b=batch: r(d, batch_size=b), batch, 0.3)
-                best[key][batch] = max(best[key].get(batch, 0.0), speed)
-    return best
-
-
-def precision_table(folder: Path, data_dir: Path | None) -> None:
-    """Size, speed and the gate's quality figures of every graph in an export folder."""
-    from vae_runtime import Decoder, Encoder, contract, sample_latents
-
-    manifest = contract.Manifest.load(folder / contract.MANIFEST_FILE)
-    graphs: dict[str, object] = {}
-    for name, entry in manifest.files.items():
-        kind = Encoder if entry.role == "encoder" else Decoder
-        graphs[f"{entry.role} {entry.precision}"] = kind.load(
-            folder / name, threads=len(os.sched_getaffinity(0))
-        )
-    images = _test_images(data_dir, 1024)
-    z = sample_latents(1024, manifest.latent_dim, 0)
-    inputs = {k: (images if k.startswith("encoder") else z) for k in graphs}
-    speeds = _speeds(graphs, inputs)
-    rows = []
-    for name, entry in manifest.files.items():
-        key = f"{entry.role} {entry.precision}"
-        fp32 = speeds[f"{entry.role} fp32"]
-        size_fp32 = manifest.files[contract.graph_file(entry.role)].size
-        q = entry.quality
-        quality = (
-            ""
-            if not q
-            else (
-                f"max {q['pixel_max_abs']:.4f} mean {q['pixel_mean_abs']:.5f}, "
-                f"grid {q.get('grid_max_grey', 0):.0f}/255"
-                if entry.role == "decoder"
-                else f"mu max {q['mu_max_abs']:.4f} mean {q['mu_mean_abs']:.5f}"
-            )
-            + (f", BCE {q['bce_delta']:+.3f}" if q else "")
         )
         rows.append(
             (
-                name,
-                f"{entry.size / 1e6:.2f} MB ({100 * entry.size / size_fp32:.0f}%)",
-                *(f"{speeds[key][b]:,.0f} ({speeds[key][b] / fp32[b]:.2f}x)" for b in BATCHES),
-                quality,
+                "peak RSS 5x5 (MB, max of the runs)",
+                f"{ours_mb:.0f}",
+                f"{ref_mb:.0f}",
+                f"{ref_mb / ours_mb:.1f}x",
+                f"<= 80 MB: {verdict(ours_mb, 80, False)}",
             )
         )
-    print(
-        f"images/s (ratio to fp32), {len(os.sched_getaffinity(0))} threads; "
-        "quality vs fp32 from manifest.json"
-    )
-    _table(("graph", "size", *(f"batch {b}" for b in BATCHES), "quality (gate)"), rows)
+        out = work / "bulk.npy"
 
+        def fresh() -> None:  # a run must not pay for freeing the previous run's file
+            out.unlink(missing_ok=True)
+            os.sync()
 
-def _test_images(data_dir: Path | None, n: int) -> np.ndarray:
-    """float32 (n, 1, 28, 28): MNIST test images from `data_dir`, else uniform noise."""
-    if data_dir is None:
-        return np.random.default_rng(0).uniform(0, 1, (n, 1, 28, 28)).astype(np.float32)
-    from vae_runtime.idx import IMAGES_MAGIC, read_idx
-    from vae_train.data import TEST_IMAGES, find_images
-
-    path = find_images(data_dir, TEST_IMAGES)
-    if path is None:
-        sys.exit(f"{data_dir}: no {TEST_IMAGES}")
-    return (read_idx(path, IMAGES_MAGIC, limit=n).astype(np.float32) / 255).reshape(-1, 1, 28, 28)
-
-
-def int8_methods(folder: Path, data_dir: Path | None) -> None:
-    """The shipped dynamic int8 against onnxruntime's static QDQ with three calibrations."""
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    from vae_export.precision import _abs, _latent_layers, lower
-    from vae_runtime import Decoder, Encoder, contract, sample_latents
-
-    manifest = contract.Manifest.load(folder / contract.MANIFEST_FILE)
-    images = _test_images(data_dir, 10_000)
-    z = sample_latents(10_000, manifest.latent_dim, 0)
-    fp32 = {r: (folder / contract.graph_file(r)).read_bytes() for r in contract.ROLES}
-    ref_enc = Encoder.load(folder / contract.ENCODER_FILE)
-    ref_dec = Decoder.load(folder / contract.DECODER_FILE)
-    mu, _ = ref_enc.encode(images)
-
-    class Batches(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self, name: str, data: np.ndarray) -> None:
-            self.it = iter({name: b} for b in np.array_split(data, 10))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.it, None)
-
-    calibration = {  # held out from the measured sets where possible
-        "encoder": (contract.ENCODER_INPUT, images[-2000:]),
-        "decoder": (
-            contract.DECODER_INPUT,
-            np.concatenate([mu[-1000:], sample_latents(1000, manifest.latent_dim, 1)]),
-        ),
-    }
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        variants: dict[str, dict[str, Path]] = {"dynamic (shipped)": {}}
-        for role in contract.ROLES:
-            path = Path(tmp) / f"dynamic.{role}.onnx"
-            path.write_bytes(lower(fp32[role], role, "int8"))
-            variants["dynamic (shipped)"][role] = path
-        for method in (
-            CalibrationMethod.MinMax,
-            CalibrationMethod.Percentile,
-            CalibrationMethod.Entropy,
-        ):
-            label = f"static QDQ {method.name}"
-            variants[label] = {}
-            for role in contract.ROLES:
-                model = onnx.load_from_string(fp32[role])
-                kept = _latent_layers(model, role)
-                path = Path(tmp) / f"{method.name}.{role}.onnx"
-                quantize_static(
-                    model,
-                    path,
-                    Batches(*calibration[role]),
-                    quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    per_channel=True,
-                    calibrate_method=method,
-                    nodes_to_exclude=kept,
-                    extra_options={"CalibPercentile": 99.999}
-                    if method == CalibrationMethod.Percentile
-                    else {},
-                )
-                variants[label][role] = path
-        graphs: dict[str, object] = {}
-        for label, paths in variants.items():
-            graphs[f"{label} decoder"] = Decoder.load(paths["decoder"])
-            graphs[f"{label} encoder"] = Encoder.load(paths["encoder"])
-        inputs = {k: (images if k.endswith("encoder") else z) for k in graphs}
-        speeds = _speeds(graphs, inputs)
-        ref_prior = ref_dec.decode(z)
-        for label in variants:
-            dec, enc = graphs[f"{label} decoder"], graphs[f"{label} encoder"]
-            prior_max, prior_mean = _abs(ref_prior, dec.decode(z))  # type: ignore[attr-defined]
-            mu_max, mu_mean = _abs(mu, enc.encode(images)[0])  # type: ignore[attr-defined]
-            rows.append(
-                (
-                    label,
-                    f"{prior_max:.4f} / {prior_mean:.5f}",
-                    f"{mu_max:.4f} / {mu_mean:.5f}",
-                    *(f"{speeds[f'{label} decoder'][b]:,.0f}" for b in (1, 1024)),
-                    f"{speeds[f'{label} encoder'][1024]:,.0f}",
-                )
+        bulk_cmd = [generate, "--onnx", str(decoder_path), "-n", str(bulk), "--npy", str(out)]
+        bulk_s, bulk_mb = repeat([*bulk_cmd, "--no-grid"], pairs, cwd=work, before=fresh)
+        rows.append(
+            (
+                f"{bulk:,} samples -> .npy, whole process",
+                bulk_s.show(2, " s"),
+                "",
+                "",
+                f"< 2 s: {verdict(bulk_s.median, 2, False)}",
             )
+        )
+        rows.append(
+            (
+                f"{bulk:,} samples, peak RSS (MB)",
+                f"{bulk_mb:.0f}",
+                "",
+                "",
+                f"< 150 MB: {verdict(bulk_mb, 150, False)}",
+            )
+        )
+
+    found = throughput(checkpoint, decoder_path, pairs, quick)
+    for batch in BATCHES:
+        ours = [p[str(batch)] for p in found["ort"]]
+        ref = [p[str(batch)] for p in found["torch"]]
+        ratio = spread([o / r for o, r in zip(ours, ref, strict=True)])
+        rows.append(
+            (
+                f"images/s, batch {batch}",
+                f"{statistics.median(ours):,.0f}",
+                f"{statistics.median(ref):,.0f}",
+                ratio.show(2, "x"),
+                f">= torch: {verdict(ratio.median, 1.0)}",
+            )
+        )
+    d, h = _dims(checkpoint)
+    flops_per_image = 2 * (d * h + h * 784)  # the two matmuls; bias, ReLU, sigmoid are O(h + 784)
+    # per pair: the better matmul rate of the two workers sets that pair's floor
+    peaks = [
+        max(o["matmul"], t["matmul"]) for o, t in zip(found["ort"], found["torch"], strict=True)
+    ]
+    share = {
+        k: spread(
+            [p["1024"] * flops_per_image / peak for p, peak in zip(found[k], peaks, strict=True)]
+        )
+        for k in found
+    }
+    rows.append(
+        (
+            "  batch 1024, share of the floor",
+            f"{100 * share['ort'].median:.0f}% ({100 * share['ort'].low:.0f}-"
+            f"{100 * share['ort'].high:.0f}%)",
+            f"{100 * share['torch'].median:.0f}%",
+            "",
+            f">= 85%: {verdict(share['ort'].median, 0.85)}",
+        )
+    )
+    peak = statistics.median(peaks)
     print(
-        "int8 methods: decoder pixels over 10,000 prior samples, encoder mu over test images, "
-        "images/s"
+        f"matmul rate {peak / 1e9:.1f} GFLOP/s (median over the pairs of the better of numpy "
+        f"and torch); decoder {flops_per_image:,} FLOPs/image -> floor "
+        f"{peak / flops_per_image:,.0f} images/s"
     )
-    _table(
-        ("method", "decoder max / mean", "mu max / mean", "dec b1", "dec b1024", "enc b1024"), rows
-    )
+    print(f"PNG from the torch script identical to vae-generate's: {same}")
+    print(f"ratios: medians of {pairs} alternating pairs (min-max, IQR)")
+    _print_table(rows)
 
 
 def main() -> None:
@@ -352,126 +268,31 @@ def main() -> None:
     parser.add_argument("--precisions", type=Path, help="an export folder with int8/fp16 graphs")
     parser.add_argument("--data-dir", type=Path, help="MNIST IDX folder (test images)")
     parser.add_argument("--methods", action="store_true", help="compare int8 methods too")
-    parser.add_argument("--runs", type=int, default=7, help="process runs per median")
+    parser.add_argument("--pairs", type=int, default=7, help="alternating pairs per figure (>= 5)")
     parser.add_argument("--bulk", type=int, default=100_000, help="samples in the bulk run")
+    parser.add_argument("--quick", action="store_true", help="tiny settings: checks the script")
     parser.add_argument("--worker", choices=("ort", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.pairs < MIN_PAIRS:
+        parser.error(f"--pairs must be at least {MIN_PAIRS}")
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.model, args.decoder, args.quick)))
+        return
+    pairs = MIN_PAIRS if args.quick else args.pairs
+    print_machine("bench/generate_speed.py" + (" --quick: not a figure" if args.quick else ""))
     if args.precisions is not None:
-        precision_table(args.precisions, args.data_dir)
+        min_s = 0.002 if args.quick else 0.1
+        precision_table(args.precisions, args.data_dir, pairs, min_s)
         if args.methods:
             print()
-            int8_methods(args.precisions, args.data_dir)
+            int8_methods(
+                args.precisions, args.data_dir, pairs, min_s, 1000 if args.quick else 10_000
+            )
         return
     if args.model is None or args.decoder is None:
         parser.error("--model and --decoder are required (or --precisions)")
-    if args.worker:
-        print(json.dumps(worker(args.worker, args.model, args.decoder)))
-        return
-    checkpoint, decoder_path = args.model.resolve(), args.decoder.resolve()
-    generate = str(Path(sys.executable).parent / "vae-generate")
-    rows: list[tuple[str, str, str, str, str]] = []
-
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        ours_s, ours_mb = median_process(
-            [generate, "--onnx", str(decoder_path), "--force"], work, args.runs
-        )
-        torch_cmd = [sys.executable, "-c", TORCH_SCRIPT, str(checkpoint), "torch.png"]
-        ref_s, ref_mb = median_process(torch_cmd, work, args.runs)
-        same = (work / "samples.png").read_bytes() == (work / "torch.png").read_bytes()
-        rows.append(
-            (
-                "cold start 5x5 (s, median)",
-                f"{ours_s:.3f}",
-                f"{ref_s:.3f}",
-                f"{ref_s / ours_s:.1f}x",
-                "<= 0.35 s, >= 5x",
-            )
-        )
-        rows.append(
-            (
-                "peak RSS 5x5 (MB)",
-                f"{ours_mb:.0f}",
-                f"{ref_mb:.0f}",
-                f"{ref_mb / ours_mb:.1f}x",
-                "<= 80 MB",
-            )
-        )
-        bulk_cmd = [
-            generate,
-            "--onnx",
-            str(decoder_path),
-            "-n",
-            str(args.bulk),
-            "--npy",
-            "bulk.npy",
-            "--no-grid",
-        ]
-        bulk_s, bulk_mb = median_process(bulk_cmd, work, 3, fresh=work / "bulk.npy")
-        rows.append((f"bulk {args.bulk:,} -> .npy (s)", f"{bulk_s:.2f}", "", "", "< 2 s"))
-        rows.append((f"bulk {args.bulk:,} peak RSS (MB)", f"{bulk_mb:.0f}", "", "", "< 150 MB"))
-
-    # Throughput: each backend in a process of its own, as deployed (the runtime's has no torch
-    # loaded: torch's idle OpenMP threads spin for a while after each call and would take the
-    # cores from onnxruntime's). Rounds alternate, best of each: a busy moment picks no winner.
-    best: dict[str, dict[str, float]] = {"ort": {}, "torch": {}}
-    for _ in range(3):
-        for backend in ("ort", "torch"):
-            cmd = [sys.executable, __file__, "--worker", backend, "--model", str(checkpoint)]
-            out = subprocess.run(
-                [*cmd, "--decoder", str(decoder_path)],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-            for key, value in json.loads(out).items():
-                best[backend][key] = max(best[backend].get(key, 0.0), value)
-    for batch in BATCHES:
-        ours, ref = best["ort"][str(batch)], best["torch"][str(batch)]
-        target = ">= torch" + (", >= 85% floor" if batch == 1024 else "")
-        rows.append(
-            (
-                f"images/s, batch {batch}",
-                f"{ours:,.0f}",
-                f"{ref:,.0f}",
-                f"{ours / ref:.2f}x",
-                target,
-            )
-        )
-    peak = max(best["ort"]["matmul"], best["torch"]["matmul"])
-    peak_source = "numpy @" if best["ort"]["matmul"] >= best["torch"]["matmul"] else "torch.mm"
-    threads = len(os.sched_getaffinity(0))
-    d, h = _dims(checkpoint)
-    flops_per_image = 2 * (d * h + h * 784)  # the two matmuls; bias, ReLU, sigmoid are O(h + 784)
-    floor = peak / flops_per_image
-    at_1024 = (best["ort"]["1024"], best["torch"]["1024"])
-    rows.append(
-        (
-            "  batch 1024, % of floor",
-            f"{100 * at_1024[0] / floor:.0f}%",
-            f"{100 * at_1024[1] / floor:.0f}%",
-            "",
-            ">= 85%",
-        )
-    )
-
-    print(
-        f"threads {threads}; matmul rate {peak / 1e9:.1f} GFLOP/s ({peak_source}); decoder "
-        f"{flops_per_image:,} FLOPs/image -> floor {floor:,.0f} images/s"
-    )
-    print(f"PNG from the torch script identical to vae-generate's: {same}")
-    widths = [
-        max(len(r[i]) for r in [*rows, ("metric", "ours (ORT)", "torch", "ratio", "target")])
-        for i in range(5)
-    ]
-    header = ("metric", "ours (ORT)", "torch", "ratio", "target")
-    for row in (header, tuple("-" * w for w in widths), *rows):
-        print(
-            " | ".join(
-                c.ljust(w) if i in (0, 4) else c.rjust(w)
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
+    bulk = 1000 if args.quick else args.bulk
+    compare(args.model.resolve(), args.decoder.resolve(), pairs, bulk, args.quick)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,14 @@ sleeping at once (OMP_WAIT_POLICY=PASSIVE); one run alone and two runs at once, 
 vae-train's default (--tune-threads) is "pinned, spin 10k then sleep"; --no-tune-threads is
 "unpinned, libgomp's default wait".
 
-    python bench/train_threads.py --data-dir /path/to/mnist      (or VAE_DATA_DIR=...)
+    python bench/train_threads.py --data-dir /path/to/mnist [--pairs 5] [--all] [--quick]
 
-Each run is a whole `vae-train --epochs E` process; its wall time and its epochs' seconds (from
-metrics.jsonl) are recorded. The two settings alternate, so machine noise hurts both alike. The
-default must lose in neither case: the table gives median and worst per case, and the ratio.
+Each run is a whole `vae-train --epochs E` process (or two started at once); its wall time and its
+epochs' seconds after the first (from metrics.jsonl) are recorded. The default and one other
+setting run in alternating pairs (bench/measure.py), so machine noise hurts both alike; the
+ratios (the other's seconds over the default's: above 1, the default is faster) are medians of
+the pairs' ratios, with their spread. The default must lose in neither case. Without --all, the
+default meets --no-tune-threads only (libgomp's defaults); --all adds every setting below.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from measure import MIN_PAIRS, alternate_samples, print_machine, spread
 
 BIN = Path(sys.executable).parent
 
@@ -36,6 +42,8 @@ SETTINGS = {  # name: (vae-train's flag, environment)
     "unpinned, spin 10k then sleep": ("--no-tune-threads", {"GOMP_SPINCOUNT": "10000"}),
     "unpinned, sleeping": ("--no-tune-threads", {"OMP_WAIT_POLICY": "PASSIVE"}),
 }
+DEFAULT = "pinned, spin 10k then sleep (--tune-threads)"
+NO_TUNE = "unpinned, libgomp's default wait (--no-tune-threads)"
 _OURS = ("OMP_PROC_BIND", "OMP_PLACES", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "VAE_TUNE_THREADS")
 
 
@@ -65,40 +73,62 @@ def run_case(data: str, epochs: int, setting: str, together: int, tmp: Path) -> 
     return statistics.mean(walls), statistics.median(epoch_times)
 
 
+def _sampler(
+    data: str, epochs: int, setting: str, together: int, tmp: Path, epoch_s: list[float]
+) -> Callable[[], float]:
+    """A sample of `setting`: the wall seconds of its case; its median epoch into `epoch_s`."""
+
+    def sample() -> float:
+        wall, per_epoch = run_case(data, epochs, setting, together, tmp)
+        epoch_s.append(per_epoch)
+        return wall
+
+    return sample
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("VAE_DATA_DIR"))
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--pairs", type=int, default=5, help="alternating pairs per case (>= 5)")
+    parser.add_argument("--all", action="store_true", help="every setting, not only the two")
+    parser.add_argument("--quick", action="store_true", help="1-epoch runs, alone only: a check")
     args = parser.parse_args()
     if not args.data_dir:
         sys.exit("train_threads.py: error: pass --data-dir or set VAE_DATA_DIR")
-    print(f"{os.cpu_count()} cores; vae-train --epochs {args.epochs}, {args.repeats} repetitions")
-    results: dict[tuple[int, str], list[tuple[float, float]]] = {}
-    names = list(SETTINGS)
+    if args.pairs < MIN_PAIRS:
+        parser.error(f"--pairs must be at least {MIN_PAIRS}")
+    print_machine("bench/train_threads.py" + (" --quick: not a figure" if args.quick else ""))
+    epochs = 2 if args.quick else args.epochs  # the first epoch is not counted: 2 at least
+    others = [n for n in SETTINGS if n != DEFAULT] if args.all else [NO_TUNE]
+    print(f"vae-train --epochs {epochs}; the default ({DEFAULT}) against each, {args.pairs} pairs")
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for rep in range(args.repeats):
-            for together in (1, 2):
-                # rotate the order, so that no setting always follows the same one
-                for setting in names[rep % len(names) :] + names[: rep % len(names)]:
-                    case = run_case(args.data_dir, args.epochs, setting, together, Path(tmp))
-                    results.setdefault((together, setting), []).append(case)
-                    print(
-                        f"  {'alone' if together == 1 else 'two at once'}, {setting}: "
-                        f"{case[0]:.2f} s wall, {case[1]:.3f} s/epoch"
-                    )
+        for together in (1,) if args.quick else (1, 2):
+            case = "alone" if together == 1 else "two at once"
+            for other in others:
+                epoch_s: dict[str, list[float]] = {DEFAULT: [], other: []}
+                a, b = (
+                    _sampler(args.data_dir, epochs, name, together, Path(tmp), epoch_s[name])
+                    for name in (DEFAULT, other)
+                )
+                c = alternate_samples(a, b, args.pairs, warmup=1)
+                mine, theirs = epoch_s[DEFAULT][1:], epoch_s[other][1:]  # [0]: the warm-up
+                per_epoch = spread([t / m for m, t in zip(mine, theirs, strict=True)])
+                rows.append(
+                    f"| {case} | {other} | {c.seconds_a.median:.2f} | {c.seconds_b.median:.2f} "
+                    f"| {c.ratio.show(2, 'x')} | {statistics.median(mine):.3f} | "
+                    f"{statistics.median(theirs):.3f} | {per_epoch.show(2, 'x')} |"
+                )
+                print(f"  {case}, {other}: wall {c.ratio.show(2, 'x')}", flush=True)
     print()
-    print("| case | threads | wall s, median (worst) | s / epoch, median (worst) |")
-    print("| --- | --- | ---: | ---: |")
-    for together in (1, 2):
-        for setting in names:
-            rows = results[(together, setting)]
-            walls, epochs = [r[0] for r in rows], [r[1] for r in rows]
-            print(
-                f"| {'alone' if together == 1 else 'two at once'} | {setting} | "
-                f"{statistics.median(walls):.2f} ({max(walls):.2f}) | "
-                f"{statistics.median(epochs):.3f} ({max(epochs):.3f}) |"
-            )
+    print(
+        "| case | other setting | default wall s | other wall s | other / default, wall | "
+        "default s/epoch | other s/epoch | other / default, s/epoch |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        print(row)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@ served with COOP/COEP (two wasm threads) unless --no-isolate.
 
     python bench/web_speed.py --onnx-dir out            # after vae-export
     python bench/web_speed.py --onnx-dir out --precision int8
+    python bench/web_speed.py --onnx-dir out --quick    # 50 calls, 1 load, 5 pairs: a check
+
+The page's worker and Python run in alternating pairs (bench/measure.py), --runs calls per
+sample: each pair gives the ratio of the two medians (worker over Python), and the figure is the
+median of --pairs such ratios with their spread; the per-call medians and p99s are medians over
+the pairs.
 
 Needs Debian's Chromium at /usr/bin/chromium and web/vae_web/node_modules (make web-deps).
 A measurement, not a test.
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from measure import MIN_PAIRS, Spread, alternate_samples, print_machine, spread
 
 from vae_runtime.session import Decoder
 from vae_web.build import build_site
@@ -65,6 +72,14 @@ def stats(ms: list[float]) -> tuple[float, float]:
     return statistics.median(ms), float(np.percentile(ms, 99))
 
 
+Stats = tuple[float, float]
+
+
+def _medians(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+    """(median of the medians, median of the p99s) over the pairs."""
+    return spread([p[0] for p in pairs]).median, spread([p[1] for p in pairs]).median
+
+
 def python_times(decoder: Decoder, batch: int, runs: int) -> list[float]:
     z = np.sin(np.arange(batch * decoder.latent_dim, dtype=np.float32)).reshape(batch, -1)
     for _ in range(20):
@@ -84,7 +99,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--loads", type=int, default=5)
     parser.add_argument("--no-isolate", action="store_true", help="serve without COOP/COEP")
+    parser.add_argument("--pairs", type=int, default=7, help="alternating pairs (>= 5)")
+    parser.add_argument("--quick", action="store_true", help="50 calls, 1 load: a check")
     args = parser.parse_args()
+    if args.pairs < MIN_PAIRS:
+        parser.error(f"--pairs must be at least {MIN_PAIRS}")
+    if args.quick:
+        args.runs, args.loads, args.pairs = 50, 1, MIN_PAIRS
+    print_machine("bench/web_speed.py" + (" --quick: not a figure" if args.quick else ""))
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,12 +137,26 @@ def main() -> None:
                 page.reload()
                 page.wait_for_function("document.body.dataset.state === 'ready'")
                 warm.append(page.evaluate("vaeTest.timings")["firstGrid"])
-            rows = []
+            rows: list[tuple[int, Stats, Stats, Stats, Spread]] = []
             for batch in (1, 25):
-                inside = page.evaluate(f"vaeTest.bench({args.runs}, {batch})")
-                trip = page.evaluate(f"vaeTest.roundTrips({args.runs}, {batch})")
-                native = python_times(decoder, batch, args.runs)
-                rows.append((batch, stats(inside), stats(trip), stats(native)))
+                seen: dict[str, list[tuple[float, float]]] = {"page": [], "trip": [], "py": []}
+
+                def py(batch: int = batch, seen: dict[str, Any] = seen) -> float:
+                    seen["py"].append(stats(python_times(decoder, batch, args.runs)))
+                    return float(seen["py"][-1][0])
+
+                def worker(batch: int = batch, seen: dict[str, Any] = seen) -> float:
+                    seen["page"].append(
+                        stats(page.evaluate(f"vaeTest.bench({args.runs}, {batch})"))
+                    )
+                    seen["trip"].append(
+                        stats(page.evaluate(f"vaeTest.roundTrips({args.runs}, {batch})"))
+                    )
+                    return float(seen["page"][-1][0])
+
+                c = alternate_samples(py, worker, args.pairs, warmup=0)
+                page_s, trip_s, py_s = (_medians(seen[k]) for k in ("page", "trip", "py"))
+                rows.append((batch, page_s, trip_s, py_s, c.ratio))
             browser.close()
 
     print(
@@ -138,14 +174,18 @@ def main() -> None:
         f"{', '.join(f'{t:.0f}' for t in first_grid)})"
     )
     print(
-        "\n| batch | page worker run (median / p99) | page round trip | Python onnxruntime "
+        f"\nper call, median / p99 of {args.runs} calls, each a median over {args.pairs} pairs; "
+        "worker / Python: the median of the pairs' ratios (min-max, IQR)"
+    )
+    print(
+        "| batch | page worker run (median / p99) | page round trip | Python onnxruntime "
         "| worker / Python |"
     )
     print("| --- | --- | --- | --- | --- |")
-    for batch, inside, trip, native in rows:
+    for batch, inside, trip, native, ratio in rows:
         print(
             f"| {batch} | {inside[0]:.3f} / {inside[1]:.3f} ms | {trip[0]:.3f} / {trip[1]:.3f} ms"
-            f" | {native[0]:.3f} / {native[1]:.3f} ms | {inside[0] / native[0]:.2f}x |"
+            f" | {native[0]:.3f} / {native[1]:.3f} ms | {ratio.show(2, 'x')} |"
         )
 
 

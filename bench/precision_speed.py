@@ -1,0 +1,261 @@
+"""int8 and fp16 graphs against fp32, in alternating pairs: `generate_speed.py --precisions`.
+
+Each figure is one lower-precision graph against the fp32 graph of the same role, in-process, at
+one batch size: `measure.alternate` (seconds per call, samples of at least --min-sample-s), the
+speed-up the median of the pairs' ratios with its spread. `--methods` compares int8 methods:
+the shipped dynamic quantization (per-channel weights), the cheap variants of it that could change
+the encoder's speed (per-tensor weights, reduced range) and onnxruntime's static QDQ with three
+calibrations, each against fp32; quality measured here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from measure import Comparison, alternate, verdict
+
+BATCHES = (1, 64, 1024)
+# (role, precision, batch): target speed-up over fp32
+TARGETS = {
+    ("decoder", "int8", 1024): 2.2,
+    ("decoder", "int8", 1): 1.1,
+    ("encoder", "int8", 1024): 2.2,
+}
+
+
+def _table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A Markdown table, columns padded."""
+    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
+    for row in (head, tuple("-" * w for w in widths), *rows):
+        cells = (c.ljust(w) for c, w in zip(row, widths, strict=True))
+        print("| " + " | ".join(cells) + " |")
+
+
+def _runner(graph: Any) -> Any:
+    return graph.decode if hasattr(graph, "decode") else graph.encode
+
+
+def speedup(
+    graph: Any, fp32: Any, x: np.ndarray, batch: int, pairs: int, min_sample_s: float
+) -> Comparison:
+    """`graph` (A) against `fp32` (B) on the first `batch` rows of `x`: ratio = fp32's seconds
+    over the graph's, per pair."""
+    data = np.ascontiguousarray(x[:batch])
+    run, ref = _runner(graph), _runner(fp32)
+    return alternate(
+        lambda: run(data, batch_size=batch),
+        lambda: ref(data, batch_size=batch),
+        pairs,
+        min_sample_s=min_sample_s,
+    )
+
+
+def test_images(data_dir: Path | None, n: int) -> np.ndarray:
+    """float32 (n, 1, 28, 28): MNIST test images from `data_dir`, else uniform noise."""
+    if data_dir is None:
+        return np.random.default_rng(0).uniform(0, 1, (n, 1, 28, 28)).astype(np.float32)
+    from vae_runtime.idx import IMAGES_MAGIC, read_idx
+    from vae_train.data import TEST_IMAGES, find_images
+
+    path = find_images(data_dir, TEST_IMAGES)
+    if path is None:
+        sys.exit(f"{data_dir}: no {TEST_IMAGES}")
+    pixels: np.ndarray = read_idx(path, IMAGES_MAGIC, limit=n).astype(np.float32) / 255
+    return pixels.reshape(-1, 1, 28, 28)
+
+
+def _quality(q: dict[str, Any]) -> str:
+    """The gate's figures as manifest.json records them (names as written there)."""
+    return ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float | int) else f"{k} {v}" for k, v in q.items()
+    )
+
+
+def precision_table(folder: Path, data_dir: Path | None, pairs: int, min_sample_s: float) -> None:
+    """Size, speed-up over fp32 at each batch and the gate's quality figures of every graph."""
+    from vae_runtime import Decoder, Encoder, contract, sample_latents
+
+    threads = len(os.sched_getaffinity(0))
+    manifest = contract.Manifest.load(folder / contract.MANIFEST_FILE)
+    graphs: dict[tuple[str, str], Any] = {}
+    for name, entry in manifest.files.items():
+        kind = Encoder if entry.role == "encoder" else Decoder
+        graphs[(entry.role, entry.precision)] = kind.load(folder / name, threads=threads)
+    inputs = {
+        "encoder": test_images(data_dir, 1024),
+        "decoder": sample_latents(1024, manifest.latent_dim, 0),
+    }
+    rows, verdicts = [], []
+    for name, entry in manifest.files.items():
+        role, precision = entry.role, entry.precision
+        size_fp32 = manifest.files[contract.graph_file(role)].size
+        cells = []
+        for batch in BATCHES:
+            if precision == "fp32":
+                cells.append("")
+                continue
+            c = speedup(
+                graphs[(role, precision)],
+                graphs[(role, "fp32")],
+                inputs[role],
+                batch,
+                pairs,
+                min_sample_s,
+            )
+            rate = batch / c.seconds_a.median
+            cells.append(f"{rate:,.0f}/s, {c.ratio.show(2, 'x')}")
+            target = TARGETS.get((role, precision, batch))
+            if target is not None:
+                verdicts.append(
+                    f"{role} {precision} batch {batch}: {c.ratio.median:.2f}x "
+                    f"(target >= {target}x: {verdict(c.ratio.median, target)})"
+                )
+        size = f"{entry.size / 1e6:.2f} MB ({100 * entry.size / size_fp32:.0f}%)"
+        rows.append((name, size, *cells, _quality(entry.quality or {})))
+    print(
+        f"images/s of each graph and its speed-up over the fp32 graph (median of {pairs} "
+        f"alternating pairs: min-max, IQR), {threads} threads; quality from manifest.json"
+    )
+    _table(("graph", "size", *(f"batch {b}" for b in BATCHES), "quality (gate)"), rows)
+    print()
+    for line in verdicts:
+        print(line)
+    print("int8 files <= 30% of fp32: see the size column")
+
+
+def _dynamic(fp32: bytes, role: str, per_channel: bool, reduce_range: bool, out: Path) -> Path:
+    """The shipped quantization's recipe (vae_export.precision) with other weight settings."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from vae_export.precision import _latent_layers, _quiet_quantizer
+
+    model = onnx.load_from_string(fp32)
+    kept = _latent_layers(model, role)
+    with _quiet_quantizer():
+        quantize_dynamic(
+            model,
+            out,
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            nodes_to_exclude=[*kept, *(f"{name}_MatMul" for name in kept)],
+        )
+    return out
+
+
+def _static(fp32: bytes, role: str, method: Any, data: tuple[str, np.ndarray], out: Path) -> Path:
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    from vae_export.precision import _latent_layers, _quiet_quantizer
+
+    class Batches(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self, name: str, values: np.ndarray) -> None:
+            self.it = iter({name: b} for b in np.array_split(values, 10))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+    model = onnx.load_from_string(fp32)
+    with _quiet_quantizer():
+        quantize_static(
+            model,
+            out,
+            Batches(*data),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            calibrate_method=method,
+            nodes_to_exclude=_latent_layers(model, role),
+            extra_options={"CalibPercentile": 99.999}
+            if method == CalibrationMethod.Percentile
+            else {},
+        )
+    return out
+
+
+def int8_methods(
+    folder: Path, data_dir: Path | None, pairs: int, min_sample_s: float, n: int
+) -> None:
+    """The shipped dynamic int8, its cheap variants and static QDQ, each against fp32."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    from vae_export.precision import _abs
+    from vae_runtime import Decoder, Encoder, contract, sample_latents
+
+    manifest = contract.Manifest.load(folder / contract.MANIFEST_FILE)
+    images = test_images(data_dir, n)
+    z = sample_latents(n, manifest.latent_dim, 0)
+    fp32 = {r: (folder / contract.graph_file(r)).read_bytes() for r in contract.ROLES}
+    ref = {
+        "encoder": Encoder.load(folder / contract.ENCODER_FILE),
+        "decoder": Decoder.load(folder / contract.DECODER_FILE),
+    }
+    mu, _ = ref["encoder"].encode(images)
+    ref_prior = ref["decoder"].decode(z)
+    held = max(n // 5, 10)  # calibration data, held out of the measured sets where possible
+    calibration = {
+        "encoder": (contract.ENCODER_INPUT, images[-held:]),
+        "decoder": (
+            contract.DECODER_INPUT,
+            np.concatenate([mu[-held // 2 :], sample_latents(held // 2, manifest.latent_dim, 1)]),
+        ),
+    }
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        variants: dict[str, dict[str, Path]] = {}
+        for label, per_channel, reduce in (
+            ("dynamic, per-channel weights (shipped)", True, False),
+            ("dynamic, per-tensor weights", False, False),
+            ("dynamic, per-channel, reduced range", True, True),
+        ):
+            variants[label] = {
+                r: _dynamic(fp32[r], r, per_channel, reduce, Path(tmp) / f"{label[:20]}.{r}.onnx")
+                for r in contract.ROLES
+            }
+        for method in (
+            CalibrationMethod.MinMax,
+            CalibrationMethod.Percentile,
+            CalibrationMethod.Entropy,
+        ):
+            variants[f"static QDQ, {method.name}"] = {
+                r: _static(fp32[r], r, method, calibration[r], Path(tmp) / f"{method.name}.{r}")
+                for r in contract.ROLES
+            }
+        for label, paths in variants.items():
+            dec, enc = Decoder.load(paths["decoder"]), Encoder.load(paths["encoder"])
+            prior_max, prior_mean = _abs(ref_prior, dec.decode(z))
+            mu_max, mu_mean = _abs(mu, enc.encode(images)[0])
+            figures = [
+                speedup(dec, ref["decoder"], z, 1, pairs, min_sample_s),
+                speedup(dec, ref["decoder"], z, 1024, pairs, min_sample_s),
+                speedup(enc, ref["encoder"], images, 1024, pairs, min_sample_s),
+            ]
+            rows.append(
+                (
+                    label,
+                    f"{prior_max:.4f} / {prior_mean:.5f}",
+                    f"{mu_max:.4f} / {mu_mean:.5f}",
+                    *(c.ratio.show(2, "x") for c in figures),
+                )
+            )
+    print(
+        f"int8 methods: decoder pixels over {n:,} prior samples, encoder mu over {n:,} test "
+        f"images; speed-up over fp32, median of {pairs} alternating pairs (min-max, IQR)"
+    )
+    _table(
+        ("method", "decoder max / mean", "mu max / mean", "dec b1", "dec b1024", "enc b1024"), rows
+    )
