@@ -28,6 +28,7 @@ _EXPORTS = {
     "OutputRefusedError": "errors",
     "VaeError": "errors",
     "Manifest": "contract",
+    "ScoreReference": "contract",
     "NpyWriter": "npy",
     "Outputs": "fileio",
     "save_gif": "images",
@@ -43,6 +44,8 @@ _EXPORTS = {
     "Decoder": "session",
     "Encoder": "session",
     "reconstruct": "session",
+    "Scorer": "scoring",
+    "Scores": "scoring",
 }
 
 __all__ = [
@@ -58,6 +61,9 @@ __all__ = [
     "OutputError",
     "OutputRefusedError",
     "Outputs",
+    "ScoreReference",
+    "Scorer",
+    "Scores",
     "VaeError",
     "__version__",
     "interpolate",
@@ -74,7 +80,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .contract import Manifest
+    from .contract import Manifest, ScoreReference
     from .errors import (
         BusyError,
         DataError,
@@ -90,6 +96,7 @@ if TYPE_CHECKING:
     from .inputs import load_inputs, read_image
     from .npy import NpyWriter
     from .sampling import interpolate, iter_latents, manifold_latents, sample_latents
+    from .scoring import Scorer, Scores
     from .session import Decoder, Encoder, reconstruct
 
 
