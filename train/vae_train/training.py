@@ -7,9 +7,10 @@ written once, in model.py). Reproducibility comes from two explicit CPU generato
 order, reparameterisation noise) whose states travel in the checkpoint, so 2 epochs + resume for
 3 more is bit for bit 5 epochs straight.
 
-Compute dtype (vae-train --precision): fp32 by default (bit-reproducible); `bf16` runs the matmuls
-under `torch.autocast` in bfloat16 while the weights, Adam's state, the loss and the checkpoint
-stay float32, and only where the device has bf16 arithmetic (`device.require_compute_dtype`).
+Compute dtype (vae-train --precision): fp32 by default (bit-reproducible); `bf16` runs the
+matmuls in bfloat16 from copies of the weights made once per step (mixed.py) while the weights,
+Adam's state, the loss and the checkpoint stay float32, and only where the device has bf16
+arithmetic (`device.require_compute_dtype`).
 
 Nothing is lost: every output is checked before the data is read, and after each finished epoch
 model.pt, metrics.jsonl and the figures (samples.png, reconstructions.png, loss.png,
@@ -67,6 +68,7 @@ from .device import (
     require_compute_dtype,
     select_device,
 )
+from .mixed import Bf16Weights
 from .model import VAE, VAEConfig, loss_terms
 
 MODEL_FILE = "model.pt"
@@ -384,34 +386,50 @@ class _Run:
 
     def _train_epoch(self, epoch: int, progress: Progress, path: Path) -> tuple[float, float]:
         """One pass over the training set; returns mean BCE and KL per image (nats)."""
-        model, optimizer, bs = self.model.train(), self.optimizer, self.settings.batch_size
+        model = self.model.train()
         n = self.train_images.shape[0]
-        n_batches = math.ceil(n / bs)
         label = f"epoch {epoch}/{self.settings.epochs}"
         order = torch.randperm(n, generator=self.shuffle_gen).to(self.device)
         # All of the epoch's noise in one draw, (N, latent_dim); row i belongs to position i.
         eps = torch.randn(n, self.config.latent_dim, generator=self.noise_gen).to(self.device)
         shuffled = self.train_images.index_select(0, order)  # (N, 784) uint8, one gather
+        if self.settings.compute_dtype == "bf16":  # bf16 copies of the weights, one per step
+            with Bf16Weights(model) as copies:
+                return self._batches(shuffled, eps, progress, label, path, epoch, copies.refresh)
+        return self._batches(shuffled, eps, progress, label, path, epoch, None)
+
+    def _batches(
+        self,
+        shuffled: torch.Tensor,
+        eps: torch.Tensor,
+        progress: Progress,
+        label: str,
+        path: Path,
+        epoch: int,
+        refresh: Callable[[], None] | None,
+    ) -> tuple[float, float]:
+        """The epoch's steps over `shuffled`; `refresh` (bf16) renews the weights' copies."""
+        model, optimizer, bs = self.model, self.optimizer, self.settings.batch_size
+        n = shuffled.shape[0]
+        n_batches = math.ceil(n / bs)
         # running sums stay on the device (no sync per batch); mps has no float64
         acc = torch.float32 if self.device.type == "mps" else torch.float64
         bce_sum = torch.zeros((), dtype=acc, device=self.device)
         kl_sum = torch.zeros((), dtype=acc, device=self.device)
-        bf16 = self.settings.compute_dtype == "bf16"
         for b, start in enumerate(range(0, n, bs)):
             x = shuffled[start : start + bs].float().div_(255.0)  # (B, 784) in [0, 1]
             if self.settings.binarize:  # dynamic binarisation, from the run's noise generator
                 u = torch.rand(x.shape, generator=self.noise_gen).to(self.device)
                 x = torch.lt(u, x).float()
-            if bf16:  # the matmuls in bfloat16; the loss and all it sums in float32
-                with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                    out = model(x, eps[start : start + bs])
-                logits, mu, logvar = (t.float() for t in out)
-            else:
-                logits, mu, logvar = model(x, eps[start : start + bs])
+            logits, mu, logvar = model(x, eps[start : start + bs])
+            if refresh is not None:  # bf16 out of the layers; the loss and its sums in float32
+                logits, mu, logvar = logits.float(), mu.float(), logvar.float()
             bce, kl = loss_terms(logits, x, mu, logvar)  # summed over the batch, as the seed
             optimizer.zero_grad()
             (bce + kl).backward()  # type: ignore[no-untyped-call]
             optimizer.step()
+            if refresh is not None:
+                refresh()
             bce_sum += bce.detach()
             kl_sum += kl.detach()
             if b == 0 or (b + 1) % _REFRESH_EVERY == 0 or b + 1 == n_batches:
