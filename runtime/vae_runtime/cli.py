@@ -1,4 +1,4 @@
-"""The runtime's commands: vae-generate, vae-interpolate, vae-reconstruct (no torch needed).
+"""The runtime's commands: vae-generate, vae-interpolate, vae-reconstruct, vae-score (no torch).
 
 Each command only declares its options and calls one function of `tasks`; errors become one line
 on stderr through `VaeCommand`.
@@ -277,3 +277,85 @@ def reconstruct(
             force=force,
         ),
     )
+
+
+_SCORE_HELP = (
+    "Score how typical each input image is for the model, torch-free: per image the evidence "
+    "lower bound, the importance-weighted bound with k samples and the reconstruction BCE (nats; "
+    "higher = more typical), and its percentile against the test-set reference in the manifest. "
+    "Image j's draws come from (--seed, j). Inputs: image files, folders of them, .npy arrays, "
+    "IDX files. " + CONVERSION + " Prints the count, the means, the lowest five and how many "
+    "fall under --threshold. Exit 3 (--below-threshold-exit) when any does. See docs/vae-score.md."
+    " Writes: scores.csv (or --out): source, index, elbo, iwae, bce, percentile; an existing "
+    "file only with --force."
+)
+
+
+score_app = make_app(_SCORE_HELP)
+
+
+@score_app.command(cls=VaeCommand, help=_SCORE_HELP)
+def score(
+    inputs: list[Path] = typer.Argument(
+        ...,
+        help="Image files, folders of them, .npy arrays of images, IDX files.",
+        show_default=False,
+        metavar="IMAGES",
+    ),
+    onnx_dir: Path = typer.Option(
+        ..., "--onnx-dir", help="The folder vae-export wrote.", show_default=False
+    ),
+    k: int = typer.Option(64, "-k", "--samples", help="Importance samples per image."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the draws (image j: (seed, j))."),
+    precision: str = typer.Option(
+        "fp32", "--precision", metavar="fp32|int8|fp16", help="Which exported graphs to use."
+    ),
+    out: Path = typer.Option(Path("scores.csv"), "--out", "-o", help="CSV file to write."),
+    threshold: str | None = typer.Option(
+        None,
+        "--threshold",
+        metavar="NATS|pN",
+        help="A bound in nats (--threshold=-150) or a percentile of the reference (p0.1); the "
+        "summary counts the images under it.",
+        show_default=False,
+    ),
+    below_threshold_exit: int | None = typer.Option(
+        None,
+        "--below-threshold-exit",
+        metavar="CODE",
+        help="Exit with CODE (3, the table's code, or up to 125) when any image scores under "
+        "--threshold; the CSV is written all the same.",
+        show_default=False,
+    ),
+    count: int | None = typer.Option(
+        None, "--count", "-n", help="Score only the first N images.", show_default=False
+    ),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        help="Decoder rows per run (k x images; default 8192): the bound on memory.",
+        show_default=False,
+    ),
+    provider: list[str] = _provider_option(),
+    threads: int | None = typer.Option(None, "--threads", help=_THREADS_HELP, show_default=False),
+    force: bool = _force_option(),
+    quiet: bool = _quiet_option(),
+) -> None:
+    """Score images: the ELBO, IWAE bound, BCE and percentile of each, into a CSV."""
+    run = tasks.write_scores(
+        inputs,
+        onnx_dir,
+        out,
+        k=k,
+        seed=seed,
+        precision=precision,
+        threshold=threshold,
+        below_threshold_exit=below_threshold_exit,
+        count=count,
+        batch_size=batch_size,
+        providers=provider,
+        threads=threads,
+        force=force,
+    )
+    _say(quiet, run.summary)
+    run.raise_if_under()

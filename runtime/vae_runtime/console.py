@@ -6,6 +6,7 @@ line on stderr and an exit code (docs/guarantees.md, "Exit codes"):
   - 0 done;
   - 1 a failure: a VaeError about a file, graph, data or disk, an OSError nothing foresaw;
   - 2 a bad value or usage: typer's usage errors, InvalidArgumentError, OutputRefusedError;
+  - 3 (vae-score, where asked) images scored under the threshold: BelowThreshold, outputs kept;
   - 130 / 143 interrupted by SIGINT / SIGTERM (128 + the signal), saying what was kept.
 `VAE_DEBUG=1` prints the traceback behind the line, for bug reports.
 """
@@ -24,7 +25,14 @@ import typer
 from typer.core import TyperCommand
 
 from . import fileio, signals
-from .errors import EXIT_FAILURE, EXIT_USAGE, Interrupted, VaeError, interruption
+from .errors import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    BelowThreshold,
+    Interrupted,
+    VaeError,
+    interruption,
+)
 
 DEBUG_ENV = "VAE_DEBUG"
 
@@ -94,6 +102,8 @@ class VaeCommand(TyperCommand):
             stop = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
             stop.detail = stop.detail or _kept()
             code, line, error = stop.exit_code, f"{prog}: {stop}", exc
+        except BelowThreshold as exc:  # an outcome the user asked to hear of, not an error
+            code, line = exc.exit_code, f"{prog}: {' '.join(str(exc).split())}"
         except VaeError as exc:
             code, line, error = exc.exit_code, _line(prog, str(exc)), exc
         except MemoryError as exc:

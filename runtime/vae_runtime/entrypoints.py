@@ -116,3 +116,15 @@ def vae_interpolate() -> None:  # pragma: no cover  (console scripts)
 def vae_reconstruct() -> None:  # pragma: no cover  (console scripts)
     """`vae-reconstruct`."""
     run("vae-reconstruct", "vae_runtime.cli:reconstruct_app")
+
+
+RAY_HINT = "install the ray extra: pip install 'mnist-vae[ray]'"
+
+
+def vae_score() -> None:  # pragma: no cover  (console scripts)
+    """`vae-score`; with --ray among its arguments, the Ray Data pipeline of vae_serve (named
+    here as a string, as every console script names its app: the runtime never imports it)."""
+    if "--ray" in sys.argv[1:]:
+        run("vae-score", "vae_serve.ray_score:app", requires=("ray",), hint=RAY_HINT)
+    else:
+        run("vae-score", "vae_runtime.cli:score_app")

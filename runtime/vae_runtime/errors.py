@@ -2,8 +2,8 @@
 
 Every failure a user can cause is a VaeError with a one-line message; the command-line layer
 prints it and exits with the class's `exit_code` (docs/guarantees.md's table): 1 for a failure
-(file, graph, data, disk), 2 for a bad value or usage. `Interrupted` is Ctrl-C or SIGTERM:
-128 + the signal.
+(file, graph, data, disk), 2 for a bad value or usage, 3 for `BelowThreshold` (vae-score's
+outcome where asked for, not a failure). `Interrupted` is Ctrl-C or SIGTERM: 128 + the signal.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # numpy is not imported at start-up (the console entry points
 
 EXIT_FAILURE = 1  # a file, graph, data set or disk let the command down
 EXIT_USAGE = 2  # a bad value or a bad combination of options
+EXIT_BELOW_THRESHOLD = 3  # vae-score --below-threshold-exit: an image scored under the threshold
 
 
 class VaeError(Exception):
@@ -59,6 +60,18 @@ class InvalidArgumentError(VaeError, ValueError):
 
 class NumericalError(VaeError):
     """A computation produced non-finite values (a NaN loss, a graph emitting NaN)."""
+
+
+class BelowThreshold(VaeError):
+    """Not a failure: the command did its work (its outputs are written), and images scored
+    under the threshold where the user asked for a distinct exit code for that (a pipeline's
+    anomaly gate). The command line prints the message without "error:"."""
+
+    exit_code = EXIT_BELOW_THRESHOLD
+
+    def __init__(self, message: str, exit_code: int = EXIT_BELOW_THRESHOLD) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class Interrupted(KeyboardInterrupt):

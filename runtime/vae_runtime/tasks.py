@@ -42,6 +42,7 @@ from .sampling import (
     manifold_latents,
     sample_latents,
 )
+from .score_task import write_scores as write_scores  # vae-score's work, split for size
 from .session import DEFAULT_BATCH_SIZE, Decoder, Encoder, check_pair, session_options
 
 MAX_IMAGE_FILES = 100_000  # --images-dir: one PNG per image, each staged, then renamed
