@@ -3,9 +3,11 @@
 Every graph the export folder's manifest lists becomes a model named by the contract's
 `served_name` (the chosen precision's pair as `decoder` and `encoder`, the others as
 `decoder_int8`, `encoder_fp16`, ...), its tensors described by the contract's declarations; and
-`sampler` (seed, count, temperature in; the images `vae-generate` draws out). Each model runs
-through the runtime's `Decoder`/`Encoder`, so the service checks and computes exactly what the
-commands do.
+`sampler` (seed, count, temperature in; the images `vae-generate` draws out); and, where the
+pair has an encoder and a decoder with logits, `scorer` (images, seed and k in; each image's ELBO,
+IWAE bound and percentile against the manifest's score reference out, as `vae-score` computes
+them). Each model runs through the runtime's `Decoder`/`Encoder`/`Scorer`, so the service checks
+and computes exactly what the commands do.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from vae_runtime.contract import (
     listed_graphs,
     served_name,
 )
-from vae_runtime.errors import ModelFileError, check_int
-from vae_runtime.sampling import check_sampling
+from vae_runtime.errors import InvalidArgumentError, ModelFileError, check_int
+from vae_runtime.sampling import MAX_SEED, check_sampling
+from vae_runtime.scoring import DEFAULT_K, MAX_K, Scorer
 from vae_runtime.session import Decoder, Encoder, check_pair
 
 from .codec import VERSION, TensorSpec
@@ -36,6 +39,8 @@ if TYPE_CHECKING:
     from .app import ServeConfig
 
 SAMPLER = "sampler"
+SCORER = "scorer"
+SCORES = ("elbo", "iwae", "percentile")
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,56 @@ def sampler_model(decoder: Decoder, max_batch: int) -> Model:
     )
 
 
+def scorer_model(scorer: Scorer, max_rows: int) -> Model:
+    """`scorer`: images, seed and k (default DEFAULT_K) in; each image's ELBO, IWAE bound and
+    percentile (NaN without a reference) out, as float32, image j drawing its noise as index j
+    of vae-score. k x images above `max_rows` is refused (InvalidArgumentError: a 400)."""
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = inputs["image"]
+        seed = check_int("seed", int(inputs["seed"][0]), 0, MAX_SEED)
+        k = check_int("k", int(inputs["k"][0]), 1, MAX_K) if "k" in inputs else DEFAULT_K
+        if k * len(images) > max_rows:
+            raise InvalidArgumentError(
+                f"k x batch = {k:,} x {len(images):,} is above this server's cap of "
+                f"{max_rows:,} decoder rows per request (--max-score-rows)"
+            )
+        scores = scorer.score(images, k=k, seed=seed)
+        percentile = (
+            scorer.percentile(scores.iwae)
+            if scorer.reference is not None
+            else np.full(len(images), np.nan)
+        )
+        values = (scores.elbo, scores.iwae, percentile)
+        return {name: v.astype(np.float32) for name, v in zip(SCORES, values, strict=True)}
+
+    params: dict[str, Any] = {
+        **_parameters(scorer.decoder),
+        "default_k": DEFAULT_K,
+        "max_score_rows": max_rows,
+        "draws": "numpy default_rng([seed, j]) for image j of the request, as vae-score",
+    }
+    reference = scorer.reference
+    if reference is not None:
+        params.update(reference_statistic=reference.statistic, reference_k=reference.k)
+        params.update(reference_seed=reference.seed, reference_count=reference.count)
+    return Model(
+        SCORER,
+        (
+            TensorSpec("image", "FP32", (-1, *IMAGE_SHAPE)),
+            TensorSpec("seed", "INT64", (1,)),
+            TensorSpec("k", "INT64", (1,), optional=True),
+        ),
+        tuple(TensorSpec(name, "FP32", (-1,)) for name in SCORES),
+        params,
+        run,
+        platform="mnist-vae_scorer",
+        rows=lambda inputs: (
+            len(inputs["image"]) * int(inputs["k"][0] if "k" in inputs else DEFAULT_K)
+        ),
+    )
+
+
 def export_manifest(onnx_dir: Path) -> Manifest:
     """The manifest of an export folder, checked (ModelFileError when there is none)."""
     path = Path(onnx_dir) / MANIFEST_FILE
@@ -179,4 +234,10 @@ def load_models(config: ServeConfig) -> Models:
         check_pair(encoder, decoder)
     models = {name: graph_model(name, graph) for name, graph in graphs.items()}
     models[SAMPLER] = sampler_model(decoder, config.max_batch)
+    if isinstance(encoder, Encoder) and decoder.has_logits:
+        beside = (
+            export_manifest(config.onnx_dir) if config.onnx_dir else Manifest.beside(decoder.path)
+        )
+        reference = beside.score_reference if beside is not None else None
+        models[SCORER] = scorer_model(Scorer(encoder, decoder, reference), config.max_score_rows)
     return Models(models, decoder)

@@ -73,3 +73,37 @@ def server(request: pytest.FixtureRequest, export_dir: Path) -> Iterator[Running
     config = ServeConfig(onnx_dir=export_dir, max_batch=MAX_BATCH, max_body_bytes=MAX_BODY_MB << 20)
     with thread_server(create_app(config)) as running:
         yield running
+
+
+SCORE_K, SCORE_SEED = 8, 0  # the hand-made export's score reference: k and seed
+
+
+@pytest.fixture(scope="session")
+def score_dir(
+    tmp_path_factory: pytest.TempPathFactory,
+    templates: np.ndarray,
+    make_digits: Callable[..., tuple[np.ndarray, np.ndarray]],
+) -> Path:
+    """An export folder the service scores with: a decoder with logits, an encoder, and a
+    manifest whose score reference was computed by the runtime's Scorer on 64 digits."""
+    from vae_runtime.contract import SCORE_REFERENCE, ScoreReference
+    from vae_runtime.scoring import Scorer
+    from vae_runtime.session import Decoder, Encoder
+
+    folder = tmp_path_factory.mktemp("serve-score") / "export"
+    folder.mkdir()
+    decoder = build_decoder(LATENT, 32, templates=templates, logits=True)
+    onnx.save(decoder, folder / "decoder.onnx")
+    onnx.save(build_encoder(LATENT, 32), folder / "encoder.onnx")
+    files = {
+        name: FileEntry.of((folder / name).read_bytes(), role, "fp32")
+        for name, role in (("decoder.onnx", "decoder"), ("encoder.onnx", "encoder"))
+    }
+    scorer = Scorer(Encoder.load(folder / "encoder.onnx"), Decoder.load(folder / "decoder.onnx"))
+    digits, _ = make_digits(64, 5)
+    iwae = scorer.score(digits, k=SCORE_K, seed=SCORE_SEED).iwae
+    reference = ScoreReference.of(iwae, k=SCORE_K, seed=SCORE_SEED, source="64 rendered digits")
+    details = {SCORE_REFERENCE: reference.to_json()}
+    manifest = Manifest(files=files, latent_dim=LATENT, details=details)
+    (folder / MANIFEST_FILE).write_bytes(manifest.to_bytes())
+    return folder
