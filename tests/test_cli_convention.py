@@ -1,4 +1,4 @@
-"""The convention the eight commands share, checked on each: an existing output is replaced only
+"""The convention the nine commands share, checked on each: an existing output is replaced only
 with --force (else one line naming the file and the flag, exit 2, nothing changed), a folder or a
 FIFO at an output path is refused even with --force, --help says what the command writes, and
 -q prints nothing on success."""
@@ -63,6 +63,13 @@ COMMANDS = [
         lambda f: ["--encoder", f["encoder"], "--decoder", f["decoder"], f["images"]],
         "reconstructions.png",
         ("reconstructions.png",),
+    ),
+    Command(
+        "vae-score",
+        runtime_cli.score_app,
+        lambda f: [f["images"], "--onnx-dir", f["export"], "-k", "2", "-n", "8"],
+        "scores.csv",
+        ("scores.csv",),
     ),
     Command(
         "vae-train",
