@@ -2,6 +2,8 @@
 
     python bench/serve_speed.py [--model model.pt] [--onnx-dir out/] [--seconds 2]
                                 [--requests 3000] [--soak-seconds 60] [--serve-args "..."]
+    python bench/serve_speed.py --peers ...   (bench/serve_peers.py: KServe's ModelServer,
+                                               h11/asyncio, the reference, gRPC, model swaps)
 
 The reference is what the issue names: a FastAPI app that loads model.pt with torch and decodes
 per request with JSON (`POST /decode {"z": [[...]]}`, and `GET /samples.png` drawn with torch
@@ -146,14 +148,20 @@ def http(method: str, path: str, body: bytes = b"", headers: dict[str, str] | No
 
 _LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.IGNORECASE)
 _CLOSE = re.compile(rb"\r\nconnection: *close", re.IGNORECASE)
+_CHUNKED = re.compile(rb"\r\ntransfer-encoding: *chunked", re.IGNORECASE)
 
 
 async def _answer(reader: asyncio.StreamReader) -> tuple[int, bool]:
     head = await reader.readuntil(b"\r\n\r\n")
     length = _LENGTH.search(head)
-    if length is None:
+    if length is not None:
+        await reader.readexactly(int(length.group(1)))
+    elif _CHUNKED.search(head):  # KServe streams its binary replies
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            await reader.readexactly(size + 2)
+        await reader.readuntil(b"\r\n")  # no trailers: the empty line
+    else:
         raise RuntimeError(f"no Content-Length in {head[:200]!r}")
-    await reader.readexactly(int(length.group(1)))
     return int(head[9:12]), _CLOSE.search(head) is not None
 
 
@@ -373,7 +381,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cluster", action="store_true", help="vae-serve workers against Ray Serve replicas"
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--peers", action="store_true", help="KServe and the rest: bench/serve_peers.py's options"
+    )
+    args, rest = parser.parse_known_args(argv)
+    if args.peers:  # vae-serve against KServe, itself on h11, the reference; gRPC, model swaps
+        import serve_peers
+
+        return serve_peers.main([a for a in (argv or sys.argv[1:]) if a != "--peers"])
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
