@@ -97,6 +97,22 @@ class _Sums:
         self.rec2 += (rec * rec).sum(0)
 
 
+def _log_weights(
+    model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For B images x (B, 784) with posterior (mu, logvar) and draws eps (S, B, L): float64
+    (S, B) log p(x|z) and log importance weights log p(x|z) + log p(z) - log q(z|x)."""
+    s, b = eps.shape[:2]
+    z = mu + torch.exp(0.5 * logvar) * eps  # (S, B, L)
+    logits = model.decode_logits(z.reshape(s * b, -1)).reshape(s, b, -1)  # (S, B, 784)
+    # log p(x|z) = sum_j x_j l_j - softplus(l_j): the Bernoulli likelihood, stable for any l
+    rec = (logits * x).sum(-1) - F.softplus(logits).sum(-1)  # (S, B)
+    log_pz = -0.5 * (z * z + _LOG_2PI).sum(-1)
+    log_qz = -0.5 * (eps * eps + _LOG_2PI + logvar).sum(-1)  # (z - mu) / std = eps
+    rec64 = rec.double().cpu()
+    return rec64, rec64 + (log_pz - log_qz).double().cpu()
+
+
 def bound_terms(
     model: VAE, x: torch.Tensor, k: int, gen: torch.Generator, rows: int = _ROWS
 ) -> dict[str, torch.Tensor]:
@@ -106,20 +122,13 @@ def bound_terms(
     posterior `mu`, `logvar`."""
     b = x.shape[0]
     mu, logvar = model.encode(x)  # (B, L) each
-    std = torch.exp(0.5 * logvar)
     sums = _Sums.empty(b)
     per_chunk = max(1, rows // b)
     for start in range(0, k, per_chunk):
         s = min(per_chunk, k - start)
         eps = torch.randn(s, b, mu.shape[1], generator=gen).to(x.device)  # (S, B, L)
-        z = mu + std * eps
-        logits = model.decode_logits(z.reshape(s * b, -1)).reshape(s, b, -1)  # (S, B, 784)
-        # log p(x|z) = sum_j x_j l_j - softplus(l_j): the Bernoulli likelihood, stable for any l
-        rec = (logits * x).sum(-1) - F.softplus(logits).sum(-1)  # (S, B)
-        log_pz = -0.5 * (z * z + _LOG_2PI).sum(-1)
-        log_qz = -0.5 * (eps * eps + _LOG_2PI + logvar).sum(-1)  # (z - mu) / std = eps
-        rec64 = rec.double().cpu()
-        sums.add(rec64 + (log_pz - log_qz).double().cpu(), rec64)
+        rec64, log_w = _log_weights(model, x, mu, logvar, eps)
+        sums.add(log_w, rec64)
     log_k = math.log(k)
     iwae = sums.m + torch.log(sums.s) - log_k
     # Var(log mean w) ~ Var(w) / (k mean(w)^2) = (k s2 / s^2 - 1) / k  (delta method)
@@ -139,6 +148,25 @@ def bound_terms(
         "kl": kl,
         "mu": mu,
         "logvar": logvar,
+    }
+
+
+@torch.inference_mode()
+def scores_with_noise(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per image (B,) float64, with given draws eps (B, k, L) in place of sampled ones: `elbo`
+    (the mean of the k log weights: a Monte-Carlo KL, not the analytic one of `evaluate`),
+    `iwae` (their log-mean-exp) and `bce` (of the posterior mean's reconstruction, as
+    `recon_bce`), all in nats. The torch side of the runtime Scorer's parity test: the same
+    log weights as `bound_terms` computes."""
+    mu, logvar = model.encode(x)
+    _, log_w = _log_weights(model, x, mu, logvar, eps.transpose(0, 1))  # (k, B)
+    k = log_w.shape[0]
+    logits = model.decode_logits(mu)
+    bce = (F.softplus(logits) - x * logits).sum(-1).double()
+    return {
+        "elbo": log_w.mean(0),
+        "iwae": torch.logsumexp(log_w, 0) - math.log(k),
+        "bce": bce,
     }
 
 

@@ -1,0 +1,54 @@
+"""The runtime Scorer against vae-eval's torch arithmetic, on one fixed noise tensor, and the
+score reference an export writes into its manifest."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+import torch
+
+from vae_runtime import Scorer
+from vae_train.evaluate import bound_terms, scores_with_noise
+
+if TYPE_CHECKING:  # the fixture's type, defined in tests/export/conftest.py
+    from conftest import Exported
+
+PARITY_NATS = 1e-4  # per image, for each of elbo, iwae and bce (fp32 graphs)
+
+
+@pytest.mark.parametrize("k", [1, 16])
+def test_scorer_matches_torch_on_the_same_noise(
+    exported: Exported, digits: np.ndarray, k: int
+) -> None:
+    images = digits[:64]  # float32 (64, 1, 28, 28) in [0, 1]
+    d = exported.model.config.latent_dim
+    eps = np.random.default_rng(11).standard_normal((len(images), k, d)).astype(np.float32)
+    scorer = Scorer(exported.encoder, exported.decoder)
+    got = scorer.score_with_noise(images, eps)
+    want = scores_with_noise(
+        exported.model, torch.from_numpy(images.reshape(len(images), -1)), torch.from_numpy(eps)
+    )
+    for name in ("elbo", "iwae", "bce"):
+        diff = np.abs(getattr(got, name) - want[name].numpy())
+        assert diff.max() <= PARITY_NATS, (name, float(diff.max()))
+    if k == 1:
+        np.testing.assert_array_equal(got.iwae, got.elbo)
+
+
+def test_the_torch_helper_is_vae_evals_computation(exported: Exported, digits: np.ndarray) -> None:
+    """scores_with_noise on the draws bound_terms makes gives bound_terms' IWAE bound, and
+    its ELBO is bound_terms' likelihood term minus the Monte-Carlo KL of those draws (vae-eval
+    reports the analytic KL instead: the same expectation, less variance)."""
+    x = torch.from_numpy(digits[:8].reshape(8, -1))
+    k, d = 12, exported.model.config.latent_dim
+    with torch.inference_mode():
+        terms = bound_terms(exported.model, x, k, torch.Generator().manual_seed(5))
+    eps = torch.randn(k, 8, d, generator=torch.Generator().manual_seed(5))  # the same draws
+    helper = scores_with_noise(exported.model, x, eps.transpose(0, 1))
+    np.testing.assert_allclose(helper["iwae"].numpy(), terms["iwae"].numpy(), atol=1e-9)
+    mu, logvar = terms["mu"].double(), terms["logvar"].double()
+    z = mu + torch.exp(0.5 * logvar) * eps.double()  # (k, 8, d)
+    mc_kl = (0.5 * (z * z - eps.double() ** 2 - logvar)).sum(-1).mean(0)  # log q - log p
+    np.testing.assert_allclose(helper["elbo"].numpy(), (terms["rec"] - mc_kl).numpy(), atol=1e-4)
