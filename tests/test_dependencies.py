@@ -26,7 +26,7 @@ PACKAGES = {
     "vae_web": ("web", (), {"vae_runtime"}),
 }
 # Modules that only one file of a package imports, with the extra that file needs on top.
-OWN_EXTRA = {"vae_serve/ray_serve.py": "ray"}
+OWN_EXTRA = {"vae_serve/ray_serve.py": "ray", "vae_serve/ray_score.py": "ray"}
 
 
 def _name(requirement: str) -> str:

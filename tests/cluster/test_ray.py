@@ -11,9 +11,11 @@ Skipped where ray is not installed, unless VAE_REQUIRE_RAY=1 (CI), which makes t
 from __future__ import annotations
 
 import concurrent.futures
+import csv
 import importlib.util
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -33,7 +35,15 @@ from typer.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).parents[1] / "serve"))  # vae-serve's checks and helpers
 import serve_support
 import test_serve as serve_checks
-from serve_support import LATENT, MAX_BATCH, MAX_BODY_MB, Running, start_server, stop_server
+from serve_support import (
+    BIN,
+    LATENT,
+    MAX_BATCH,
+    MAX_BODY_MB,
+    Running,
+    start_server,
+    stop_server,
+)
 
 from vae_runtime.errors import ModelFileError, VaeError
 from vae_runtime.sampling import sample_latents
@@ -71,6 +81,7 @@ def _serve_conftest() -> Any:
 # manifest), the graphs loaded in this process, and vae-generate's files.
 export_dir = _serve_conftest().export_dir
 templates = _serve_conftest().templates
+score_dir = _serve_conftest().score_dir  # a decoder with logits, a score reference
 graphs = serve_checks.graphs
 generated = serve_checks.generated
 
@@ -131,6 +142,7 @@ def server(ray_address: str, export_dir: Path) -> Iterator[Running]:
     must delete the application and exit 0."""
     args = ["--onnx-dir", export_dir, "--max-batch", MAX_BATCH, "--max-body-mb", MAX_BODY_MB]
     args += ["--ray-address", ray_address, "--num-replicas", REPLICAS, "--num-cpus", 0.5]
+    args += ["--grpc-port", 0]  # Ray Serve's own gRPC proxy too, on a free port
     started = time.monotonic()
     # start_server adds --port 0 (vae-serve --ray takes a free port) and waits for the line
     # "serving ... at URL"; a deployment that hangs is killed (the wait then fails the test).
@@ -193,6 +205,41 @@ def test_each_replica_is_a_ray_actor(server: Running) -> None:
     assert len(_replica_actors()) == REPLICAS
     status = serve.status().applications[cluster.APP_NAME]
     assert status.status == "RUNNING"
+
+
+def test_grpc_through_ray_serves_own_proxy(server: Running, graphs: dict[str, Any]) -> None:
+    """Ray Serve's gRPC proxy carries the Open Inference Protocol's service (tritonclient's
+    stubs as its grpc_servicer_functions) to the same replicas: tritonclient.grpc bit for bit,
+    readiness, the index, and a bad request's code and one line, then a good call."""
+    import tritonclient.grpc as tgrpc
+    from tritonclient.utils import InferenceServerException
+
+    assert server.grpc is not None, "vae-serve --ray --grpc-port announced no gRPC address"
+    app = {"application": cluster.APP_NAME}  # Ray's routing, needed beside other applications
+    c = tgrpc.InferenceServerClient(server.grpc)
+    z = sample_latents(9, LATENT, 5)
+
+    def decode(rows: np.ndarray) -> np.ndarray:
+        given = tgrpc.InferInput("z", list(rows.shape), "FP32")
+        given.set_data_from_numpy(rows)
+        return c.infer("decoder", [given], headers=app).as_numpy("image")
+
+    assert decode(z).tobytes() == graphs["decoder"].decode(z).tobytes()
+    assert c.is_server_ready(headers=app) and c.is_model_ready("encoder", headers=app)
+    index = c.get_model_repository_index(headers=app, as_json=True)["models"]
+    assert [m["name"] for m in index] == ["decoder", "decoder_int8", "encoder", "sampler"]
+    with pytest.raises(InferenceServerException) as info:
+        decode(z[:, :19])
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "input 'z' of model 'decoder' has shape [9, 19]" in info.value.message()
+    assert decode(z[:1]).tobytes() == graphs["decoder"].decode(z[:1]).tobytes()
+    # The Serve config file carries the same proxy (Ray's own schema checks it).
+    content = cluster.serve_config(ServeConfig(onnx_dir=Path("x")), cluster.Replicas(), "h", 1, 2)
+    options = ServeDeploySchema.model_validate(content).grpc_options
+    assert options.port == 2
+    assert options.grpc_servicer_functions == [
+        "vae_serve.grpc_server.add_GRPCInferenceServiceServicer_to_server"
+    ]
 
 
 # -- one client, two servers: only the URL differs ---------------------------------------------
@@ -493,3 +540,109 @@ def test_small_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = ServeConfig(onnx_dir=tmp_path)
     with pytest.raises(VaeError, match=re.escape("needs PyYAML; install the ray extra")):
         cluster.write_serve_config(tmp_path / "s.yaml", config, cluster.Replicas(), "h", 1)
+
+
+def test_the_scorer_under_ray_serve(server: Running, score_dir: Path) -> None:
+    """One scoring request to a second application in the module's Ray instance (no CPU
+    reserved: the first holds them), bit for bit the runtime Scorer's numbers."""
+    from vae_runtime.scoring import Scorer
+
+    name = "mnist-vae-scorer"
+    bundle = cluster.Bundle.read(ServeConfig(onnx_dir=score_dir))
+    replicas = cluster.Replicas(num_replicas=1, num_cpus=0.0)
+    serve.run(cluster.application(bundle, replicas, name), name=name, route_prefix="/scorer")
+    try:
+        images = np.linspace(0, 1, 2 * 784, dtype=np.float32).reshape(2, 1, 28, 28)
+        body = serve_support.infer_json(
+            [
+                {
+                    "name": "image",
+                    "datatype": "FP32",
+                    "shape": [2, 1, 28, 28],
+                    "data": images.ravel().tolist(),
+                },
+                {"name": "seed", "datatype": "INT64", "shape": [1], "data": [4]},
+                {"name": "k", "datatype": "INT64", "shape": [1], "data": [5]},
+            ]
+        )
+        status, _, answer = serve_support.request(
+            server, "POST", "/scorer/v2/models/scorer/infer", body
+        )
+        assert status == 200, answer
+        outputs = {o["name"]: o["data"] for o in orjson.loads(answer)["outputs"]}
+        expected = Scorer.load(score_dir).score(images, k=5, seed=4)
+        assert np.array(outputs["iwae"], np.float32).tobytes() == (
+            expected.iwae.astype(np.float32).tobytes()
+        )
+        assert np.array(outputs["elbo"], np.float32).tobytes() == (
+            expected.elbo.astype(np.float32).tobytes()
+        )
+    finally:
+        serve.delete(name)
+
+
+def test_vae_score_on_ray_data_matches_the_scorer_bit_for_bit(
+    ray_address: str, score_dir: Path, tmp_path: Path
+) -> None:
+    """vae-score --ray over a folder of PNGs, a .npy shard split in work items and a lone PNG:
+    Parquet shards whose rows (global index, elbo, iwae, bce, percentile) are the single-process
+    Scorer's for the same seed and k, whatever actor scored them."""
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from vae_runtime.inputs import read_image
+    from vae_runtime.scoring import Scorer
+    from vae_serve import ray_score
+
+    digits = (np.arange(12 * 784) * 37 % 256).astype(np.uint8).reshape(12, 28, 28)
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(digits[i]).save(folder / f"d{i}.png")
+    np.save(tmp_path / "shard.npy", digits[3:11])
+    Image.fromarray(digits[11]).save(tmp_path / "last.png")
+    inputs = [folder, tmp_path / "shard.npy", tmp_path / "last.png"]
+    out = tmp_path / "scores"
+    args = [*map(str, inputs), "--onnx-dir", str(score_dir), "-k", "6", "--seed", "3"]
+    args += ["-o", str(out), "--actors", "2", "--cpus-per-actor", "0.25"]
+    items = ray_score.plan(inputs, chunk=3)
+    assert [(i.kind, i.count, i.start) for i in items] == [
+        ("group", 3, 0),
+        ("npy", 3, 3),
+        ("npy", 3, 6),
+        ("npy", 2, 9),
+        ("group", 1, 11),
+    ]
+    result = CliRunner().invoke(ray_score.app, args)
+    assert result.exit_code == 0, result.output
+    assert "scored 12 images" in result.output
+    table = pq.read_table(out).to_pandas().sort_values("index")
+    assert list(table.columns[:6]) == list(ray_score.COLUMNS)
+    assert table["index"].tolist() == list(range(12))
+    assert table["source"].iloc[3] == f"{tmp_path / 'shard.npy'}:0"
+    images = np.stack(
+        [read_image(folder / f"d{i}.png") for i in range(3)]
+        + [*digits[3:11]]
+        + [read_image(tmp_path / "last.png")]
+    )
+    scorer = Scorer.load(score_dir)
+    expected = scorer.score(images, k=6, seed=3)
+    for column in ("elbo", "iwae", "bce"):
+        assert table[column].to_numpy().tobytes() == getattr(expected, column).tobytes(), column
+    percentile = scorer.percentile(expected.iwae)
+    assert table["percentile"].to_numpy().tobytes() == percentile.tobytes()
+    # and the single-process command's CSV, row for row (repr floats: exact)
+    csv_path = tmp_path / "scores.csv"
+    command = [BIN / "vae-score", *inputs, "--onnx-dir", score_dir, "-k", "6", "--seed", "3"]
+    done = subprocess.run([*map(str, command), "-o", str(csv_path), "-q"], capture_output=True)
+    assert done.returncode == 0, done.stderr
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["source"] for r in rows] == table["source"].tolist()
+    for column in ("elbo", "iwae", "bce", "percentile"):
+        single = np.array([float(r[column]) for r in rows])
+        assert single.tobytes() == table[column].to_numpy().tobytes(), column
+    # An existing output: refused without --force, replaced with it.
+    expect_error(CliRunner().invoke(ray_score.app, args), 2, "already exists")
+    again = CliRunner().invoke(ray_score.app, [*args, "--force", "-q"])
+    assert again.exit_code == 0 and again.output == "", again.output
