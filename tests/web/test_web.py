@@ -521,3 +521,74 @@ def test_failures_show_a_message(
         assert re.search(message, watch.page.inner_text("#error")), watch.page.inner_text("#error")
         unexpected = [p for p in watch.problems if not any(p.startswith(e) for e in expected)]
         assert unexpected == [] and watch.external == []
+
+
+def test_the_page_scores_a_drawing_as_python_does(
+    browser: Any,  # first: without one the test skips before it trains a model
+    real_export: Path,
+    tmp_path: Path,
+    open_page: Callable[..., PageWatch],
+    make_digits: Callable[..., Any],
+    artefacts: Path,
+) -> None:
+    """model.json carries the export's score reference and the decoder's logits output; the
+    page's ELBO and IWAE bound of an image, given the page's own noise, equal the runtime
+    Scorer's on that noise within 1e-4 nats; the percentile it shows is ScoreReference's; a
+    stroke on the pad shows its percentile in words beside the reconstruction."""
+    import dataclasses
+
+    from vae_runtime.contract import SCORE_REFERENCE, Manifest, ScoreReference
+    from vae_runtime.scoring import Scorer
+
+    # The export's graphs with a reference of their own scores of a few digits (whatever
+    # reference the export wrote: this one is known to straddle the digits scored below).
+    export = tmp_path / "export"
+    shutil.copytree(real_export, export)
+    scorer = Scorer.load(export)
+    iwae = scorer.score(make_digits(32, 3)[0], k=16, seed=0).iwae
+    reference = ScoreReference.of(iwae, k=16, seed=0, source="32 rendered digits")
+    manifest = Manifest.load(export / MANIFEST_FILE)
+    details = {**manifest.details, SCORE_REFERENCE: reference.to_json()}
+    (export / MANIFEST_FILE).write_bytes(dataclasses.replace(manifest, details=details).to_bytes())
+    scorer = Scorer.load(export)
+    assert scorer.reference == reference
+    site = tmp_path / "site"
+    web.build_site(export, site)
+    config = json.loads((site / "model.json").read_text())
+    assert config["score"] == reference.to_json()
+    assert [t["name"] for t in config["decoder"]["outputs"]] == ["image", "logits"]
+    latent = REAL_MODEL["latent_dim"]
+    with serve(site, isolate=False) as url:
+        watch = open_page()
+        assert watch.open(url) == "ready", watch.page.inner_text("#error")
+        page = watch.page
+        eps = np.float32(page_call(page, "scoreNoise")).reshape(1, reference.k, latent)
+        worst = 0.0
+        for digit in make_digits(4, 13)[0]:
+            x = (digit.astype(np.float32) / np.float32(255)).ravel().tolist()
+            got = page_call(page, "score", x, None)
+            want = scorer.score_with_noise(digit[None], eps)
+            worst = max(worst, abs(got["elbo"] - want.elbo[0]), abs(got["iwae"] - want.iwae[0]))
+            shown = float(reference.percentile(np.array([got["iwae"]]))[0])
+            assert got["percentile"] == pytest.approx(shown, abs=1e-9)
+        assert worst <= 1e-4, worst
+        page.locator("#pad").scroll_into_view_if_needed()
+        box = page.locator("#pad").bounding_box()
+        assert box is not None
+        page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.15)
+        page.mouse.down()
+        for t in np.linspace(0.15, 0.85, 12):  # a vertical bar: a 1
+            page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * t)
+        page.mouse.up()
+        page.wait_for_function("vaeTest.lastScore() !== null && vaeTest.typical() !== ''")
+        page.wait_for_timeout(300)  # the last frame's score
+        last = json.loads(page.evaluate("JSON.stringify(vaeTest.lastScore())"))
+        drawn = np.uint8(page.evaluate("vaeTest.lastInput()")).reshape(1, 28, 28)
+        want = scorer.score_with_noise(drawn, eps)
+        assert abs(last["iwae"] - want.iwae[0]) <= 1e-4
+        p = float(reference.percentile(want.iwae)[0])
+        words = page.evaluate("vaeTest.typical()")
+        assert re.fullmatch(r"(typical|unusual): .* of " + re.escape(reference.source), words)
+        assert (f"{round(p)}" in words) if p >= 1 else ("0.1%" in words or "percentile" in words)
+        page.locator("#draw-section").screenshot(path=str(artefacts / "vae-web-score.png"))
+        assert watch.problems == [] and watch.external == []
