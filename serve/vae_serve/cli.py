@@ -159,11 +159,6 @@ def serve_command(
         any(v is not None for v in ray_options) or (max_ongoing_requests, num_cpus) != (5, 1.0)
     ):
         raise InvalidArgumentError("replica options go with --ray or --write-serve-config")
-    if grpc_port is not None and (on_ray or write_serve_config):
-        raise InvalidArgumentError(
-            "--grpc-port goes with vae-serve's own server; on Ray Serve see "
-            "docs/deploy/ray-serve.md (gRPC)"
-        )
     if force and write_serve_config is None:
         raise InvalidArgumentError(
             "--force goes with --write-serve-config (the only file vae-serve writes)"
@@ -186,7 +181,9 @@ def serve_command(
         num_cpus,
     ).check()
     if write_serve_config is not None:
-        ray_serve.write_serve_config(write_serve_config, config, replicas, host, port, force=force)
+        ray_serve.write_serve_config(
+            write_serve_config, config, replicas, host, port, force=force, grpc_port=grpc_port
+        )
         say(
             f"wrote {write_serve_config}; run it with `serve run {write_serve_config}` "
             f"(or `serve deploy {write_serve_config}` on a running cluster)"
@@ -194,4 +191,7 @@ def serve_command(
         return
     # Runs in vae-serve --ray's own process (tests/cluster/test_ray.py starts it for real).
     check_int("port", port, 0, 65535)  # pragma: no cover
-    say(ray_serve.run(config, replicas, host, port, ray_address, say))  # pragma: no cover
+    done = ray_serve.run(  # pragma: no cover
+        config, replicas, host, port, ray_address, say, grpc_port
+    )
+    say(done)  # pragma: no cover

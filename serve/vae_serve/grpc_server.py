@@ -11,6 +11,7 @@ with a status code; the server serves on.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import grpc
 import numpy as np
+from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
@@ -50,6 +52,27 @@ T = TypeVar("T")
 # The typed `contents` field that holds each datatype's values (when not raw_input_contents).
 CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents"}
 RAW = "the raw_input_contents size"  # how check_size names what a raw input declares
+# The calls served (the service's others, streaming and shared memory among them, are not).
+METHODS = (
+    "ServerLive",
+    "ServerReady",
+    "ModelReady",
+    "ServerMetadata",
+    "ModelMetadata",
+    "ModelInfer",
+    "ModelConfig",
+    "ModelStatistics",
+    "RepositoryIndex",
+)
+# tritonclient's messages name the module they were generated as (grpc_service_pb2,
+# model_config_pb2), not tritonclient's: pickle, by which Ray Serve passes them between its gRPC
+# proxy and the replicas, imports them by those names. Both import this module first.
+sys.modules.setdefault(pb.ModelInferRequest.__module__, pb)
+sys.modules.setdefault(model_config_pb2.ModelConfig.__module__, model_config_pb2)
+# What Ray Serve's gRPC proxy registers (grpc_options' grpc_servicer_functions): tritonclient's,
+# imported from here so that the aliases above exist in the proxy.
+add_GRPCInferenceServiceServicer_to_server = pb_grpc.add_GRPCInferenceServiceServicer_to_server
+SERVICER_FUNCTION = f"{__name__}.add_GRPCInferenceServiceServicer_to_server"
 
 
 def status_code(exc: VaeError) -> grpc.StatusCode:
@@ -179,6 +202,28 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
             _abort(context, exc)
         finally:
             loaded.metrics.observe(request.model_name, code, time.perf_counter() - start, images)
+
+
+class CallAborted(Exception):
+    """A call ended with a status code, set on the context it came with."""
+
+
+class _SetOnly:
+    """A context that cannot abort (Ray Serve's RayServegRPCContext): `abort` sets the code
+    and details on it and raises CallAborted, which Ray Serve answers with them."""
+
+    def __init__(self, context: Any) -> None:
+        self.context = context
+
+    def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        self.context.set_code(code)
+        self.context.set_details(details)
+        raise CallAborted(details)
+
+
+def answer(servicer: Servicer, method: str, request: Any, context: Any) -> Any:
+    """`servicer`'s `method` (one of METHODS) for a context without `abort` (Ray Serve's)."""
+    return getattr(servicer, method)(request, _SetOnly(context))
 
 
 def read_inputs(

@@ -32,6 +32,7 @@ from vae_runtime.errors import Interrupted, InvalidArgumentError, VaeError, chec
 from vae_runtime.fileio import write_file
 
 from .app import ServeConfig, create_app
+from .grpc_server import METHODS, SERVICER_FUNCTION, Servicer, answer, app_state
 from .models import Models, export_manifest, load_models
 from .server import base_url
 
@@ -180,13 +181,31 @@ def application(bundle: Bundle, replicas: Replicas, name: str = APP_NAME) -> Any
     _, serve = ray_modules()
     options = replicas.options()
 
-    def build() -> Starlette:  # pragma: no cover  (runs in each replica: tests/cluster/test_ray.py)
-        app = bundle.app()
-        replica = serve.get_replica_context().replica_tag
-        app.add_middleware(_ReplicaHeader, value=replica.encode())
-        return app
+    class Replica:  # pragma: no cover  (runs in each replica: tests/cluster/test_ray.py)
+        """The app over HTTP, and the gRPC service's calls as methods of the same names (Ray
+        Serve's gRPC proxy calls them) over the same State."""
 
-    return serve.deployment(serve.ingress(build)(), name=name, **options).bind()
+        def __serve_build_asgi_app__(self) -> Starlette:
+            app = bundle.app()
+            replica = serve.get_replica_context().replica_tag
+            app.add_middleware(_ReplicaHeader, value=replica.encode())
+            self.grpc = Servicer(app_state(app))
+            return app
+
+    for method in METHODS:
+        setattr(Replica, method, _grpc_call(method))
+    return serve.deployment(serve.ingress()(Replica), name=name, **options).bind()
+
+
+def _grpc_call(method: str) -> Callable[..., Any]:
+    """A deployment method that answers the gRPC call `method` (Ray passes `grpc_context`
+    by that name; a status code set on it is what the client gets)."""
+
+    def call(self: Any, request: Any, grpc_context: Any) -> Any:  # pragma: no cover
+        return answer(self.grpc, method, request, grpc_context)
+
+    call.__name__ = call.__qualname__ = method
+    return call
 
 
 class _ReplicaHeader:  # pragma: no cover  (runs in each replica)
@@ -223,13 +242,24 @@ def app_builder(args: dict[str, Any]) -> Any:
     return application(Bundle.read(config_from_args(args)), Replicas())
 
 
-def serve_config(config: ServeConfig, replicas: Replicas, host: str, port: int) -> dict[str, Any]:
-    """A Serve config file's content (ServeDeploySchema) for `serve run` and `serve deploy`."""
+def grpc_options(port: int) -> dict[str, Any]:
+    """Ray Serve's gRPC proxy on `port`, carrying the Open Inference Protocol's service."""
+    check_int("grpc port", port, 1, 65535)
+    return {"port": port, "grpc_servicer_functions": [SERVICER_FUNCTION]}
+
+
+def serve_config(
+    config: ServeConfig, replicas: Replicas, host: str, port: int, grpc_port: int | None = None
+) -> dict[str, Any]:
+    """A Serve config file's content (ServeDeploySchema) for `serve run` and `serve deploy`
+    (with Ray Serve's gRPC proxy on `grpc_port` when given)."""
     config.check()
     check_int("port", port, 1, 65535)
+    grpc = {} if grpc_port is None else {"grpc_options": grpc_options(grpc_port)}
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": host, "port": port},
+        **grpc,
         "applications": [
             {
                 "name": APP_NAME,
@@ -250,6 +280,7 @@ def write_serve_config(
     port: int,
     *,
     force: bool = False,
+    grpc_port: int | None = None,
 ) -> None:
     """Write `serve_config(...)` to `path` as YAML (checked, staged and renamed into place; an
     existing file replaced only with `force`)."""
@@ -257,7 +288,7 @@ def write_serve_config(
         import yaml  # type: ignore[import-untyped,unused-ignore]
     except ImportError:
         raise VaeError(f"writing a Serve config file needs PyYAML; {INSTALL_HINT}") from None
-    content = serve_config(config, replicas, host, port)
+    content = serve_config(config, replicas, host, port, grpc_port)
     text = "# Ray Serve config of mnist-vae (vae-serve --write-serve-config)\n"
     write_file(path, (text + yaml.safe_dump(content, sort_keys=False)).encode("utf-8"), force=force)
 
@@ -278,6 +309,7 @@ def run(  # pragma: no cover
     port: int,
     address: str | None,
     announce: Callable[[str], None],
+    grpc_port: int | None = None,
 ) -> str:
     """Deploy the service on Ray Serve (a local Ray instance, or the cluster at `address`),
     serve until SIGTERM or SIGINT, then delete the application (and stop the local instance)."""
@@ -290,13 +322,16 @@ def run(  # pragma: no cover
         ray.init(address=address, logging_level="WARNING", log_to_driver=False)
     signals.install()  # ray.init put its own SIGTERM handler in place
     try:
-        serve.start(http_options={"host": host, "port": port})
+        grpc = None if grpc_port is None else grpc_options(grpc_port or free_port(host))
+        serve.start(http_options={"host": host, "port": port}, grpc_options=grpc)
         serve.run(application(bundle, replicas), name=APP_NAME, route_prefix="/")
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         url = base_url(host, port)
+        grpc_at = "" if grpc is None else f"; gRPC at {base_url(host, grpc['port'])[7:]}"
         announce(
             f"serving {', '.join(bundle.models)} at {url} on Ray Serve "
             f"({_scaling(replicas)}, {where}, ready in {time.perf_counter() - started:.0f} s)"
+            f"{grpc_at}"
         )
         how = ""
         try:
