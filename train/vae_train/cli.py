@@ -108,9 +108,10 @@ def train_command(
     ),
     precision: str = typer.Option(
         "fp32",
-        help="fp32 (bit-reproducible) or bf16: matmuls in bfloat16 under torch.autocast, weights, "
-        "Adam's state, loss and checkpoint in float32; refused where the device has no fast bf16 "
-        "(a CPU without AVX512-BF16/AMX, a GPU without native bf16).",
+        help="fp32 (bit-reproducible) or bf16: matmuls in bfloat16 from weight copies made once "
+        "per step, weights, Adam's state, loss and checkpoint in float32. On a CPU with "
+        "AVX512-BF16/AMX it buys at most what the matmuls' share allows (docs/vae-train.md: "
+        "Speed); refused elsewhere and on GPUs (launch-bound: no gain).",
     ),
     binarize: bool = typer.Option(
         False,

@@ -66,8 +66,8 @@ def bf16_missing(device: torch.device) -> str:
     """Why `device` cannot do bf16 matmuls fast ("" when it can). A CPU needs AVX512-BF16 or AMX
     (without them oneDNN emulates bf16, slower than fp32); torch's own probes answer, the ones
     its CPU dispatch uses (`torch.cpu._is_avx512_bf16_supported`, `_is_amx_tile_supported`:
-    cpuinfo's view of CPUID, not /proc/cpuinfo). A CUDA GPU needs native bf16 (compute
-    capability 8.0 and up)."""
+    cpuinfo's view of CPUID, not /proc/cpuinfo). On a CUDA GPU bf16 is not offered: the
+    captured fp32 step is launch-bound, and bf16 was measured slower there."""
     if device.type == "cpu":
         probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
         if any(getattr(torch.cpu, name, lambda: False)() for name in probes):
@@ -76,9 +76,12 @@ def bf16_missing(device: torch.device) -> str:
             "this CPU has neither AVX512-BF16 nor AMX, so bf16 would be emulated, slower than fp32"
         )
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported(including_emulation=False):
-            return ""
-        return f"GPU {torch.cuda.get_device_name(device)} has no native bf16 arithmetic"
+        # Refused rather than silently trained in fp32, so that the checkpoint's compute dtype
+        # is what ran: at batch 128 the step is launch-bound and bf16 only adds casts.
+        return (
+            "on a GPU this model's step is bound by kernel launches, not arithmetic, so bf16 "
+            "adds casts and buys nothing (docs/vae-train.md#gpu)"
+        )
     return (
         f"bf16 training is not offered on {device.type} (only on CPUs with AVX512-BF16 or AMX, "
         "and CUDA GPUs)"

@@ -68,6 +68,7 @@ from .device import (
     require_compute_dtype,
     select_device,
 )
+from .graphs import TrainStep, capture_step
 from .mixed import Bf16Weights
 from .model import VAE, VAEConfig, loss_terms
 
@@ -251,6 +252,7 @@ class _Run:
         self.metrics: list[dict[str, Any]] = []
         # progress.gif's frames: (epoch, uint8 (25, 28, 28) decoded latents), in the checkpoint
         self.frames: list[tuple[int, torch.Tensor]] = []
+        self._step: TrainStep | None = None  # the captured training step (cuda), once made
         if previous is not None:
             self._restore(previous, previous_path or Path("checkpoint"))
         self.saved = self.epoch  # epochs model.pt holds (a resumed one: what it held)
@@ -409,35 +411,57 @@ class _Run:
         refresh: Callable[[], None] | None,
     ) -> tuple[float, float]:
         """The epoch's steps over `shuffled`; `refresh` (bf16) renews the weights' copies."""
-        model, optimizer, bs = self.model, self.optimizer, self.settings.batch_size
+        bs = self.settings.batch_size
         n = shuffled.shape[0]
         n_batches = math.ceil(n / bs)
-        # running sums stay on the device (no sync per batch); mps has no float64
-        acc = torch.float32 if self.device.type == "mps" else torch.float64
-        bce_sum = torch.zeros((), dtype=acc, device=self.device)
-        kl_sum = torch.zeros((), dtype=acc, device=self.device)
+        step = self._step_for(shuffled[:bs], eps[:bs], refresh)
+        sums = step.sums
+        sums.zero_()
+        # Each read of the running loss waits for the device: on a GPU, a few per epoch
+        every = _REFRESH_EVERY if self.device.type == "cpu" else max(_REFRESH_EVERY, n_batches // 4)
         for b, start in enumerate(range(0, n, bs)):
-            x = shuffled[start : start + bs].float().div_(255.0)  # (B, 784) in [0, 1]
-            if self.settings.binarize:  # dynamic binarisation, from the run's noise generator
-                u = torch.rand(x.shape, generator=self.noise_gen).to(self.device)
-                x = torch.lt(u, x).float()
-            logits, mu, logvar = model(x, eps[start : start + bs])
-            if refresh is not None:  # bf16 out of the layers; the loss and its sums in float32
-                logits, mu, logvar = logits.float(), mu.float(), logvar.float()
-            bce, kl = loss_terms(logits, x, mu, logvar)  # summed over the batch, as the seed
-            optimizer.zero_grad()
-            (bce + kl).backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            if refresh is not None:
-                refresh()
-            bce_sum += bce.detach()
-            kl_sum += kl.detach()
-            if b == 0 or (b + 1) % _REFRESH_EVERY == 0 or b + 1 == n_batches:
-                loss = float(bce_sum + kl_sum) / min(n, (b + 1) * bs)
+            step(shuffled[start : start + bs], eps[start : start + bs])
+            if b == 0 or (b + 1) % every == 0 or b + 1 == n_batches:
+                loss = float(sums.sum()) / min(n, (b + 1) * bs)
                 if not math.isfinite(loss):
                     raise self._nonfinite(loss, "in training", epoch, path)
                 progress.update(label, b + 1, n_batches, loss)
-        return float(bce_sum) / n, float(kl_sum) / n
+        return float(sums[0]) / n, float(sums[1]) / n
+
+    def _step_for(
+        self, x: torch.Tensor, eps: torch.Tensor, refresh: Callable[[], None] | None
+    ) -> TrainStep:
+        """The training step (graphs.capture_step): recorded once per run where CUDA graphs
+        are used, eager (and rebuilt each epoch, at no cost) elsewhere."""
+        if self._step is not None:
+            return self._step
+        # running sums stay on the device (no sync per batch); mps has no float64
+        acc = torch.float32 if self.device.type == "mps" else torch.float64
+        sums = torch.zeros(2, dtype=acc, device=self.device)
+        step = capture_step(
+            self._loss,
+            self.optimizer,
+            x,
+            eps,
+            sums,
+            binarize=self.settings.binarize,
+            compute_dtype=self.settings.compute_dtype,
+            after_step=refresh,
+        )
+        if step.graph is not None:
+            self._step = step
+        return step
+
+    def _loss(self, images: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed BCE and KL of a batch of uint8 images (B, 784), as the seed sums them."""
+        x = images.float().div_(255.0)  # (B, 784) in [0, 1]
+        if self.settings.binarize:  # dynamic binarisation, from the run's noise generator
+            u = torch.rand(x.shape, generator=self.noise_gen).to(self.device)
+            x = torch.lt(u, x).float()
+        logits, mu, logvar = self.model(x, eps)
+        if self.settings.compute_dtype == "bf16":  # bf16 out of the layers; the loss in float32
+            logits, mu, logvar = logits.float(), mu.float(), logvar.float()
+        return loss_terms(logits, x, mu, logvar)
 
     @torch.inference_mode()
     def _evaluate(self, epoch: int) -> tuple[float, float]:
