@@ -75,6 +75,8 @@ bench: install
 	$(BIN)/python bench/typer_pin.py --decoder $(OUT)/decoder.onnx $(BENCH_Q)
 	$(BIN)/python bench/web_speed.py --onnx-dir $(OUT) $(BENCH_Q)
 	$(BIN)/python bench/web_speed.py --onnx-dir $(OUT) --no-isolate $(BENCH_Q)
+	$(if $(VAE_DATA_DIR),$(BIN)/python bench/score_quality.py --onnx-dir $(OUT) --out $(OUT)/score_quality.png $(BENCH_Q),@echo "== score_quality.py skipped: set VAE_DATA_DIR")
+	$(BIN)/python bench/score_speed.py --onnx-dir $(OUT) --model $(OUT)/model.pt $(BENCH_DATA) $(BENCH_Q)
 	$(BIN)/python -m pip install -q fastapi  # the reference server of serve_speed.py only
 	$(BIN)/python bench/serve_speed.py --model $(OUT)/model.pt --onnx-dir $(OUT)
 
