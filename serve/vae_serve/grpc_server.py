@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 # The typed `contents` field that holds each datatype's values (when not raw_input_contents).
 CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents"}
+STOPPING = "not ready: the server is stopping and takes no new calls"
 RAW = "the raw_input_contents size"  # how check_size names what a raw input declares
 # The calls served (the service's others, streaming and shared memory among them, are not).
 METHODS = (
@@ -69,6 +70,9 @@ METHODS = (
 # proxy and the replicas, imports them by those names. Both import this module first.
 sys.modules.setdefault(pb.ModelInferRequest.__module__, pb)
 sys.modules.setdefault(model_config_pb2.ModelConfig.__module__, model_config_pb2)
+# Triton's extensions served over gRPC (binary_tensor_data is HTTP's; the repository index is
+# answered but not load/unload, which "model_repository" would promise).
+EXTENSIONS: tuple[str, ...] = ()
 # What Ray Serve's gRPC proxy registers (grpc_options' grpc_servicer_functions): tritonclient's,
 # imported from here so that the aliases above exist in the proxy.
 add_GRPCInferenceServiceServicer_to_server = pb_grpc.add_GRPCInferenceServiceServicer_to_server
@@ -111,8 +115,11 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
 
     def __init__(self, state: Callable[[], State | None]) -> None:
         self.state = state
+        self.stopping = False  # set at SIGTERM: new calls are refused, those in flight finish
 
     def _loaded(self) -> State:
+        if self.stopping:
+            raise NotReadyError(STOPPING)
         loaded = self.state()
         if loaded is None:
             raise NotReadyError(NOT_LOADED)
@@ -128,17 +135,17 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         return pb.ServerLiveResponse(live=True)
 
     def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return pb.ServerReadyResponse(ready=self.state() is not None)
+        return pb.ServerReadyResponse(ready=self.state() is not None and not self.stopping)
 
     def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
-        loaded = self.state()
+        loaded = None if self.stopping else self.state()
         models = {} if loaded is None else loaded.models.models
         ready = request.name in models and request.version in ("", VERSION)
         return pb.ModelReadyResponse(ready=ready)
 
     def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         return pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=__version__, extensions=["model_repository(index)"]
+            name=SERVER_NAME, version=__version__, extensions=list(EXTENSIONS)
         )
 
     def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -272,9 +279,16 @@ class GrpcFront:
         self.servicer.state = state
         self.server.start()
 
+    def refuse_new(self) -> None:
+        """Answer new calls UNAVAILABLE (not ready; grpcio's own stop would answer those that
+        come during its grace CANCELLED, which clients do not retry elsewhere), while the calls
+        in flight finish."""
+        self.servicer.stopping = True
+
     def stop(self, grace: float) -> Any:
-        """Refuse new calls now, give those in flight `grace` seconds; a threading.Event that is
-        set once they are done."""
+        """Stop: the calls in flight get `grace` seconds; a threading.Event that is set once
+        they are done."""
+        self.servicer.stopping = True
         return self.server.stop(grace)
 
 

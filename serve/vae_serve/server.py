@@ -186,7 +186,7 @@ def _run_uvicorn(  # pragma: no cover
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             if front is not None:  # gRPC refuses new calls now, drains beside HTTP
-                front.stop(listen.drain_seconds)
+                front.refuse_new()
             super().handle_exit(sig, frame)
 
     class Supervisor(Multiprocess):  # its handlers queue signals and never re-raise them

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -302,3 +305,40 @@ def test_grpc_port_refusals(export_dir: Path) -> None:
         done = subprocess.run([*cmd, "--grpc-port", port], capture_output=True, timeout=60)
     assert done.returncode == 1, done.stderr
     assert f"cannot listen on 127.0.0.1:{port} for gRPC" in done.stderr.decode()
+
+
+def test_sigterm_drains_grpc_calls(export_dir: Path) -> None:
+    """SIGTERM in the middle of 4 clients' streams of gRPC calls: every call is answered or, once
+    the server stops taking calls, refused as UNAVAILABLE (never cut off), and vae-serve exits 0
+    with its stop line."""
+    server = start_server("--onnx-dir", export_dir, "--grpc-port", 0)
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+    z = sample_latents(64, LATENT, 1)
+
+    def stream() -> None:
+        c = client(server)
+        while True:
+            try:
+                c.infer("decoder", [z_tensor(z)])
+                status = "answered"
+            except InferenceServerException as exc:
+                status = str(exc.status())
+            with lock:
+                outcomes[status] += 1
+            if status != "answered":
+                return
+
+    threads = [threading.Thread(target=stream, daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while outcomes["answered"] < 40 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    code, out, err = stop_server(server)
+    for thread in threads:
+        thread.join(30)
+    assert code == 0, err
+    assert "stopped by SIGTERM" in out
+    assert outcomes["answered"] >= 40
+    assert set(outcomes) <= {"answered", "StatusCode.UNAVAILABLE"}, outcomes
