@@ -27,6 +27,7 @@ from vae_runtime.errors import DataError, check_int
 from vae_runtime.fileio import Outputs, naming, sha256_file
 from vae_runtime.idx import IMAGES_MAGIC, read_idx
 from vae_runtime.sampling import sample_latents
+from vae_runtime.scoring import Scorer
 from vae_runtime.session import Decoder, Encoder
 from vae_train.checkpoint import Checkpoint, load_checkpoint
 from vae_train.data import TEST_IMAGES, TRAIN_IMAGES, find_images
@@ -36,6 +37,10 @@ from . import DEFAULT_OPSET, MIN_OPSET, triton
 from .graphs import PRODUCER_VERSION, TRACE_BATCH, graph_bytes
 from .precision import GATE_IMAGES, INT8_METHOD, gate, lower, measure, parse_graph_precisions
 from .verify import BATCH_SIZES, Reference, Report, VerificationError, verify_graphs
+
+# The score reference in manifest.json: the IWAE bound at this k and seed over the test set
+REFERENCE_K = 64
+REFERENCE_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,9 @@ def export_checkpoint(
     ones and must pass the quality gate against them (precision.LIMITS), which is measured on
     the staged files. `triton_repo`: also a Triton model repository of every graph written
     (vae_export.triton), one set with the other files. Real images for the checks come from
-    MNIST's test images in `data_dir` when given (all of them for the gate), else from the
+    MNIST's test images in `data_dir` when given (all of them for the gate and for the score
+    reference: the IWAE bound's distribution, REFERENCE_K draws from REFERENCE_SEED, scored by
+    the runtime's Scorer on the fp32 graphs and stored in manifest.json), else from the
     model's own decoded samples. Nothing in `out_dir` changes unless every check passes;
     existing files are replaced only with `force`. Raises a VaeError subclass: CheckpointError,
     OutputError, OutputRefusedError, DataError, InvalidArgumentError, ExportError,
@@ -101,9 +108,9 @@ def export_checkpoint(
         ckpt = load_checkpoint(path)
         model = ckpt.build_model(path)
         lower_precisions = [p for p in precisions if p != "fp32"]
-        # The whole test set only when a quality gate will read it; verification uses 1,000.
-        limit = GATE_IMAGES if lower_precisions else max(BATCH_SIZES)
-        images, images_name = _reference_images(images_file, model, limit)
+        # The whole test set: the score reference and the quality gate read it (8 MB);
+        # verification uses the first 1,000.
+        images, images_name = _reference_images(images_file, model, GATE_IMAGES)
 
         started = time.perf_counter()
         source = {"checkpoint": path.name, "sha256": sha256_file(path)}
@@ -137,6 +144,7 @@ def export_checkpoint(
         say(report.table())
         if not report.passed:
             raise VerificationError(report.failure_message() + f"; nothing written to {out}")
+        score_reference = _score_reference(reference, images, images_file, say)
         entries: dict[str, C.FileEntry] = {}
         if "fp32" in precisions:
             entries = {C.graph_file(r): C.FileEntry.of(b, r) for r, b in blobs.items()}
@@ -169,7 +177,9 @@ def export_checkpoint(
         if triton_repo is not None:  # the bytes of each graph as staged above
             staged_graphs = {key: outputs.staged_path(t).read_bytes() for key, t in files.items()}
             triton.stage(outputs, Path(triton_repo), staged_graphs, model.config.latent_dim)
-        manifest = _manifest(ckpt, source, training, entries, opset, seconds, report)
+        manifest = _manifest(
+            ckpt, source, training, entries, opset, seconds, report, score_reference
+        )
         outputs.write_bytes(out / C.MANIFEST_FILE, manifest.to_bytes())
         for (role, _), target in files.items():  # the set as users will load it: through
             _RUNTIME[role].load(outputs.staged_path(target))
@@ -209,6 +219,30 @@ def _reference_images(images_file: Path | None, model: VAE, limit: int) -> tuple
     with torch.no_grad():
         decoded = model.decode(z).numpy()
     return decoded.reshape(-1, *C.IMAGE_SHAPE), "decoded samples"
+
+
+def _score_reference(
+    pair: tuple[Encoder, Decoder],
+    images: np.ndarray,
+    images_file: Path | None,
+    say: Callable[[str], None],
+) -> C.ScoreReference:
+    """The distribution of the IWAE bound (REFERENCE_K draws, seed REFERENCE_SEED) over
+    `images` (the test set, else the decoded samples), scored by the runtime's Scorer on the
+    verified fp32 graphs as staged: what every consumer reads a percentile from."""
+    started = time.perf_counter()
+    scores = Scorer(*pair).score(images, k=REFERENCE_K, seed=REFERENCE_SEED)
+    if images_file is None:
+        where = "the model's own decoded samples (no data folder given)"
+    else:
+        where = "MNIST test set" if images_file.name.startswith("t10k") else "MNIST training set"
+    result = C.ScoreReference.of(scores.iwae, k=REFERENCE_K, seed=REFERENCE_SEED, source=where)
+    say(
+        f"score reference: IWAE bound (k = {REFERENCE_K}, seed {REFERENCE_SEED}) of "
+        f"{len(images):,} images of the {where}, mean {result.mean:.2f} nats, in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+    return result
 
 
 # The runtime class that loads each role's graph (its `interface` is the role's declaration).
@@ -266,6 +300,7 @@ def _manifest(
     opset: int,
     seconds: float,
     report: Report,
+    score_reference: C.ScoreReference,
 ) -> C.Manifest:
     """manifest.json for this export: the contract's `Manifest`, with the export's details."""
     return C.Manifest(
@@ -298,5 +333,6 @@ def _manifest(
                 "passed": report.passed,
                 "comparisons": report.to_json(),
             },
+            C.SCORE_REFERENCE: score_reference.to_json(),
         },
     )

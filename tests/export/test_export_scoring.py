@@ -3,13 +3,19 @@ score reference an export writes into its manifest."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import torch
 
-from vae_runtime import Scorer
+from vae_export.onnx_export import REFERENCE_K, export_checkpoint
+from vae_export.verify import BATCH_SIZES
+from vae_runtime import Scorer, ScoreReference
+from vae_runtime.contract import Manifest
+from vae_runtime.idx import IMAGES_MAGIC, read_idx
+from vae_train.data import TEST_IMAGES, find_images
 from vae_train.evaluate import bound_terms, scores_with_noise
 
 if TYPE_CHECKING:  # the fixture's type, defined in tests/export/conftest.py
@@ -52,3 +58,34 @@ def test_the_torch_helper_is_vae_evals_computation(exported: Exported, digits: n
     z = mu + torch.exp(0.5 * logvar) * eps.double()  # (k, 8, d)
     mc_kl = (0.5 * (z * z - eps.double() ** 2 - logvar)).sum(-1).mean(0)  # log q - log p
     np.testing.assert_allclose(helper["elbo"].numpy(), (terms["rec"] - mc_kl).numpy(), atol=1e-4)
+
+
+def test_an_export_without_data_scores_its_decoded_samples(exported: Exported) -> None:
+    reference = Manifest.load(exported.result.manifest_path).score_reference
+    assert reference is not None
+    assert (reference.statistic, reference.k, reference.seed) == ("iwae", REFERENCE_K, 0)
+    assert reference.count == max(BATCH_SIZES)  # the verification's decoded samples
+    assert "decoded samples" in reference.source
+
+
+def test_the_reference_is_the_test_sets_scores_and_reads_uniform_percentiles(
+    checkpoints: dict[str, Path], mnist_dir: Path, tmp_path: Path
+) -> None:
+    """Exported with a data folder: the reference is the runtime Scorer's IWAE bound of every
+    test image at k = 64, seed 0, so the test images' own percentiles spread evenly."""
+    result = export_checkpoint(checkpoints["tiny"], tmp_path, data_dir=mnist_dir)
+    reference = result.manifest.score_reference
+    assert reference is not None
+    assert Manifest.load(result.manifest_path).score_reference == reference
+    test_file = find_images(mnist_dir, TEST_IMAGES)
+    assert test_file is not None
+    test = read_idx(test_file, IMAGES_MAGIC)  # uint8 (128, 28, 28), as vae-score reads IDX
+    assert (reference.count, reference.source) == (len(test), "MNIST test set")
+    scorer = Scorer.load(tmp_path)
+    assert scorer.reference == reference
+    scores = scorer.score(test, k=reference.k, seed=reference.seed)
+    assert reference == ScoreReference.of(
+        scores.iwae, k=reference.k, seed=reference.seed, source=reference.source
+    )
+    pct = np.sort(scorer.percentile(scores.iwae))
+    np.testing.assert_allclose(pct, np.linspace(0, 100, len(test)), atol=0.5)

@@ -248,3 +248,14 @@ def test_load_refuses_unknown_precision_and_missing_graphs(tmp_path: Path) -> No
         Scorer.load(tmp_path, precision="int4")
     with pytest.raises(ModelFileError, match="no such file"):
         Scorer.load(tmp_path)
+
+
+def test_threads_split_the_arithmetic_without_changing_a_bit(
+    scorer: Scorer, images: np.ndarray
+) -> None:
+    one = Scorer(scorer.encoder, scorer.decoder, threads=1)
+    three = Scorer(scorer.encoder, scorer.decoder, threads=3)
+    for k, batch_size in ((64, None), (300, 300)):  # split by images, then by draws
+        _equal(three.score(images, k=k, batch_size=batch_size), one.score(images, k=k))
+    with pytest.raises(InvalidArgumentError, match="threads"):
+        Scorer(scorer.encoder, scorer.decoder, threads=0)
