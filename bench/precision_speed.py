@@ -10,6 +10,8 @@ calibrations, each against fp32; quality measured here.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -169,7 +171,8 @@ def _static(fp32: bytes, role: str, method: Any, data: tuple[str, np.ndarray], o
             return next(self.it, None)
 
     model = onnx.load_from_string(fp32)
-    with _quiet_quantizer():
+    # the calibrators print their progress on stdout
+    with _quiet_quantizer(), contextlib.redirect_stdout(io.StringIO()):
         quantize_static(
             model,
             out,
@@ -185,6 +188,49 @@ def _static(fp32: bytes, role: str, method: Any, data: tuple[str, np.ndarray], o
             else {},
         )
     return out
+
+
+def op_shares(path: Path, x: np.ndarray, calls: int) -> dict[str, float]:
+    """Share of each operator in the kernel time of `calls` runs of the graph at `path` on `x`
+    (onnxruntime's profiler, the runtime's session options)."""
+    import json
+
+    import onnxruntime as ort
+
+    from vae_runtime.session import session_options
+
+    options = session_options()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "vae-bench-profile")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    for _ in range(calls):
+        session.run(None, {name: x})
+    trace = Path(session.end_profiling())
+    totals: dict[str, float] = {}
+    for event in json.loads(trace.read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"]["op_name"]
+            totals[op] = totals.get(op, 0.0) + event["dur"]
+    trace.unlink()
+    whole = sum(totals.values()) or 1.0
+    return {op: t / whole for op, t in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+def profile(folder: Path, data_dir: Path | None, calls: int) -> None:
+    """Where the int8 graphs' time goes at batch 1024, operator by operator."""
+    from vae_runtime import contract, sample_latents
+
+    manifest = contract.Manifest.load(folder / contract.MANIFEST_FILE)
+    inputs = {
+        "encoder": test_images(data_dir, 1024),
+        "decoder": sample_latents(1024, manifest.latent_dim, 0),
+    }
+    for name, entry in manifest.files.items():
+        if entry.precision in ("fp32", "int8"):
+            shares = op_shares(folder / name, inputs[entry.role], calls)
+            text = ", ".join(f"{op} {100 * share:.0f}%" for op, share in shares.items())
+            print(f"{name}, batch 1024, share of kernel time over {calls} calls: {text}")
 
 
 def int8_methods(
