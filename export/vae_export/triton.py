@@ -6,11 +6,11 @@ precisions `decoder_int8`, `encoder_fp16`, ...; inputs and outputs are the role'
 `contract.Interface`, so a V2 client moves between vae-serve and Triton by its URL alone.
 Each configuration names the ONNX Runtime backend, the batch axis as `max_batch_size` (dims after
 it), dynamic batching, a CPU instance group (docs/deploy/triton.md: the GPU variant), and the
-graph's metadata and SHA-256 as `parameters`. `model_config` builds it once, as the plain dict
-that Triton's `GET /v2/models/{name}/config` answers with; config.pbtxt is that dict rendered
-in protobuf text format (`config_text`), so the two cannot differ. The files are written by the
-export, in the same `Outputs` set as the graphs and the manifest: all of them change together or
-none does.
+graph's metadata and SHA-256 as `parameters`. The runtime's `triton_config` builds it once, as
+the plain dict that `GET /v2/models/{name}/config` answers with (Triton's and vae-serve's);
+config.pbtxt is that dict rendered in protobuf text format (`config_text`), so the two cannot
+differ. The files are written by the export, in the same `Outputs` set as the graphs and the
+manifest: all of them change together or none does.
 """
 
 from __future__ import annotations
@@ -23,18 +23,15 @@ from typing import Any
 import onnx
 
 from vae_runtime import contract as C
+from vae_runtime import triton_config
 from vae_runtime.fileio import Outputs
 
-PLATFORM = "onnxruntime_onnx"
+PLATFORM = triton_config.PLATFORM
 VERSION = "1"  # the one version folder each model has
 CONFIG_FILE = "config.pbtxt"
 MODEL_FILE = "model.onnx"  # the ONNX Runtime backend's default file name
-# Rows per request and per dynamically formed batch: vae-serve's default --max-batch.
-MAX_BATCH_SIZE = 1024
-QUEUE_DELAY_US = 100  # how long the dynamic batcher may hold a request to fill a batch
-CPU_INSTANCES = 2  # model instances (onnxruntime sessions) per model on CPU
-# Triton's name of each declared dtype (contract.Interface.dtype, a numpy dtype name).
-DATA_TYPES = {"float32": "TYPE_FP32"}
+MAX_BATCH_SIZE = triton_config.MAX_BATCH_SIZE
+DATA_TYPES = triton_config.DATA_TYPES  # Triton's name of each declared dtype
 # ModelConfig fields whose values are enums (bare words in text format, strings in JSON), and
 # those that are maps (`key`/`value` entries in text format, objects in JSON).
 _ENUM_FIELDS = frozenset({"data_type", "kind"})
@@ -76,35 +73,12 @@ def stage(
 def model_config(
     role: str, precision: str, latent_dim: int, graph: bytes, metadata: Mapping[str, str]
 ) -> dict[str, Any]:
-    """The Triton model configuration of one graph, as a plain dict: the JSON form of
-    config.pbtxt (ModelConfig's field names). Inputs and outputs are the role's declared
-    interface (dims after the batch axis); `graph` is model.onnx's bytes (its SHA-256 becomes a
+    """The Triton model configuration of one graph, as a plain dict (ModelConfig's JSON form):
+    the runtime's `triton_config.graph_config`, the same that vae-serve answers `GET
+    /v2/models/{name}/config` with. `graph` is model.onnx's bytes (its SHA-256 becomes a
     parameter), `metadata` the graph's metadata_props (each a parameter, as its own key)."""
-    name = C.served_name(role, precision)  # ValueError for an unknown role or precision
-    interface = C.INTERFACES[role]
-
-    def tensors(declared: tuple[C.TensorDecl, ...]) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": t.name,
-                "data_type": DATA_TYPES[interface.dtype],
-                "dims": list(t.shape(latent_dim)),
-            }
-            for t in declared
-        ]
-
-    parameters = {**metadata, "sha256": hashlib.sha256(graph).hexdigest()}
-    return {
-        "name": name,
-        "platform": PLATFORM,
-        "max_batch_size": MAX_BATCH_SIZE,  # the batch axis; dims are after it
-        "input": tensors(interface.inputs),
-        "output": tensors(interface.outputs),
-        "dynamic_batching": {"max_queue_delay_microseconds": QUEUE_DELAY_US},
-        "instance_group": [{"count": CPU_INSTANCES, "kind": "KIND_CPU"}],
-        "version_policy": {"latest": {"num_versions": 1}},
-        "parameters": {key: {"string_value": parameters[key]} for key in sorted(parameters)},
-    }
+    sha256 = hashlib.sha256(graph).hexdigest()
+    return triton_config.graph_config(role, precision, latent_dim, sha256, metadata)
 
 
 def config_text(

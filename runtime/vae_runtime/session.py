@@ -11,6 +11,7 @@ never a wrong answer.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
@@ -158,6 +159,8 @@ class _Graph:
         self.info = info
         self.precision = info.precision  # "fp32", "int8" or "fp16"; float32 in and out always
         self.entry = entry  # what manifest.json says of the file (quality figures), if present
+        self.metadata: dict[str, str] = {}  # the graph's metadata_props, as read (load sets it)
+        self.sha256 = ""  # of the bytes the session was built from (load sets it)
         # The interface's outputs this graph has (optional ones may be absent), declared order.
         self.outputs: tuple[TensorDecl, ...] = tuple(
             t for t in self.interface.outputs if not t.optional
@@ -200,7 +203,8 @@ class _Graph:
                 f"{path}: not a loadable ONNX graph, expected an mnist-vae {cls.role} "
                 f"({type(exc).__name__}: {detail})"
             ) from None
-        info = parse_metadata(session.get_modelmeta().custom_metadata_map, str(path))
+        metadata = dict(session.get_modelmeta().custom_metadata_map)
+        info = parse_metadata(metadata, str(path))
         if info.role != cls.role:
             a = {"encoder": "an", "decoder": "a"}
             raise ModelFileError(
@@ -243,6 +247,8 @@ class _Graph:
                 _check_arg(path, kind, arg, name, dims)
         graph = cls(session, path, info, entry)
         graph.outputs = present
+        graph.metadata = metadata
+        graph.sha256 = entry.sha256 if entry is not None else hashlib.sha256(data).hexdigest()
         return graph
 
     def _run(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -31,10 +31,14 @@ from vae_runtime.sampling import MAX_BATCH_SIZE
 from vae_runtime.session import session_options
 
 from .endpoints import http_error, routes
+from .extensions import extension_routes
 from .models import Models, load_models
+from .reload import ModelControl, start_control
+from .stats import InferenceStats
 
 SERVER_NAME = "mnist-vae"
 CONFIG_ENV = "VAE_SERVE_CONFIG"  # the settings as JSON, for uvicorn's worker processes
+MODEL_CONTROLS = ("none", "poll", "explicit")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -60,6 +64,8 @@ class ServeConfig:
     max_grid: int = 1024
     cors_origins: tuple[str, ...] = ()
     max_score_rows: int = 1 << 20  # the scorer's k x images per request (decoder rows)
+    model_control: str = "none"  # none | poll (watch onnx_dir) | explicit (repository calls)
+    poll_seconds: float = 2.0  # how often poll looks at onnx_dir's manifest.json
 
     def check(self) -> ServeConfig:
         """Raise InvalidArgumentError for a bad value or combination; return self."""
@@ -77,6 +83,17 @@ class ServeConfig:
         check_int("max body bytes", self.max_body_bytes, 1024, 1 << 31)
         check_int("max grid", self.max_grid, 1, 1 << 16)
         check_int("max score rows", self.max_score_rows, 1, 1 << 30)
+        if self.model_control not in MODEL_CONTROLS:
+            raise InvalidArgumentError(
+                f"model control must be one of {', '.join(MODEL_CONTROLS)}, "
+                f"got {self.model_control!r:.40}"
+            )
+        if self.model_control == "poll" and self.onnx_dir is None:
+            raise InvalidArgumentError("--model-control poll watches an --onnx-dir: give one")
+        if not 0.05 <= self.poll_seconds <= 3600:  # also refuses NaN
+            raise InvalidArgumentError(
+                f"poll seconds must be from 0.05 to 3600, got {self.poll_seconds!r:.40}"
+            )
         session_options(self.threads)
         return self
 
@@ -122,6 +139,12 @@ def _strings(value: Any) -> tuple[str, ...]:
     return tuple(item for item in items if item)
 
 
+def _number(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError("not a number")
+    return float(value)
+
+
 def _integer(value: Any) -> int:
     if isinstance(value, bool | float):
         raise TypeError("not an integer")
@@ -141,14 +164,33 @@ _KINDS: dict[str, Callable[[Any], Any]] = {
     "max_grid": _integer,
     "cors_origins": _strings,
     "max_score_rows": _integer,
+    "model_control": str,
+    "poll_seconds": _number,
 }
 
 
 class Metrics:
-    """The app's own Prometheus registry: requests by model and status, latency by model."""
+    """The app's own Prometheus registry: requests by model and status, latency by model, the
+    statistics extension's tallies (`stats`), which export is served and how reloads went."""
 
     def __init__(self, names: Sequence[str]) -> None:
         self.registry = CollectorRegistry()
+        self.stats = InferenceStats(names)
+        self.registry.register(self.stats)
+        self.reloads = Counter(
+            "vae_serve_model_reloads",
+            "New exports seen in the model folder (--model-control), by outcome: loaded, refused.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in ("loaded", "refused"):
+            self.reloads.labels(outcome)
+        self.export = Gauge(
+            "vae_serve_export_info",
+            "The export served: its manifest.json's SHA-256 (1 for the one served).",
+            ["export_sha256", "exported_at"],
+            registry=self.registry,
+        )
         self.requests = Counter(
             "vae_serve_requests",
             "Inference and /samples.png requests answered, by model and HTTP status.",
@@ -177,7 +219,27 @@ class Metrics:
         }
         self._counts: dict[tuple[str, int], Any] = {}
 
-    def observe(self, model: str, code: int, seconds: float, images: int) -> None:
+    def serving(self, models: Models) -> None:
+        """Models now served (at start and at each swap): their series, and their export."""
+        for name in models.models:
+            if name not in self._series:
+                self._series[name] = (self.latency.labels(name), self.images.labels(name))
+        self.stats.add(models.models)
+        self.export.clear()
+        export = models.export
+        if export:
+            self.export.labels(export["export_sha256"], export.get("exported_at", "")).set(1)
+
+    def observe(
+        self,
+        model: str,
+        code: int,
+        seconds: float,
+        images: int,
+        phases: Mapping[str, int] | None = None,
+    ) -> None:
+        """One request answered; `phases`: nanoseconds by phase (stats.PHASES) of a success."""
+        self.stats.record(model, code == 200, int(seconds * 1e9), images, phases)
         label = model if model in self._series else "unknown"
         latency, count = self._series[label]
         requests = self._counts.get((label, code))
@@ -189,14 +251,16 @@ class Metrics:
             count.inc(images)
 
 
-@dataclass(frozen=True)
+@dataclass
 class State:
     """What the lifespan made, at `app.state.vae`: the settings, the loaded models and the
-    app's metrics (gone again after shutdown)."""
+    app's metrics (gone again after shutdown). A model update (reload.py) swaps `models` by
+    one reference assignment: a request reads it once, at its start, and finishes on it."""
 
     config: ServeConfig
     models: Models
     metrics: Metrics
+    control: ModelControl | None = None  # under --model-control poll|explicit
 
 
 def create_app(config: ServeConfig, models: Models | None = None) -> Starlette:
@@ -208,10 +272,14 @@ def create_app(config: ServeConfig, models: Models | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loaded = models if models is not None else load_models(config)
-        app.state.vae = State(config, loaded, Metrics([*loaded.models, "samples.png"]))
+        app.state.vae = vae = State(config, loaded, Metrics([*loaded.models, "samples.png"]))
+        vae.metrics.serving(loaded)
+        vae.control = control = start_control(vae)
         try:
             yield
         finally:
+            if control is not None:
+                control.stop()
             del app.state.vae  # the sessions go with it
 
     middleware = []
@@ -226,7 +294,7 @@ def create_app(config: ServeConfig, models: Models | None = None) -> Starlette:
             )
         )
     return Starlette(
-        routes=routes(SERVER_NAME, __version__),
+        routes=[*extension_routes(), *routes(SERVER_NAME, __version__)],
         middleware=middleware,
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,

@@ -77,6 +77,18 @@ def serve_command(
         "--max-score-rows",
         help="The scorer's cap: k x images in one request (decoder rows; above it: 400).",
     ),
+    model_control: str = typer.Option(
+        "none",
+        "--model-control",
+        metavar="none|poll|explicit",
+        help="Live model updates. poll: load a new export of --onnx-dir when its manifest.json "
+        "changes (verified off the request path, swapped in atomically; a bad one is refused "
+        "and the old graphs keep serving). explicit: Triton's POST "
+        "/v2/repository/models/<name>/load and /unload.",
+    ),
+    poll_seconds: float = typer.Option(
+        2.0, "--poll-seconds", help="With --model-control poll: how often to look."
+    ),
     cors_origin: list[str] = typer.Option(
         [],
         "--cors-origin",
@@ -152,6 +164,8 @@ def serve_command(
         max_grid=max_grid,
         cors_origins=tuple(cors_origin),
         max_score_rows=max_score_rows,
+        model_control=model_control,
+        poll_seconds=poll_seconds,
     )
     on_ray = ray or ray_address is not None
     ray_options = (num_replicas, min_replicas, max_replicas, target_ongoing_requests)
@@ -170,6 +184,11 @@ def serve_command(
         return
     if workers != 1:
         raise InvalidArgumentError("with Ray Serve, scale with --num-replicas, not --workers")
+    if model_control != "none":
+        raise InvalidArgumentError(
+            "under Ray Serve a model update is a redeploy (serve deploy, or vae-serve --ray "
+            "again): leave --model-control at none"
+        )
     from . import ray_serve  # imports ray only when it runs
 
     replicas = ray_serve.Replicas(

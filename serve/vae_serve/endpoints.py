@@ -49,6 +49,8 @@ NOT_LOADED = (
 )
 INLINE_ROWS = 64  # batches up to this run on the event loop; larger ones in a worker thread
 SAMPLES_QUERY = ("seed", "rows", "cols", "temperature")  # what /samples.png takes
+# What GET /v2 lists: the extensions served over HTTP (extensions.py serves all but the first).
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "model_repository")
 
 
 def json_response(content: Any, status: int = 200) -> Response:
@@ -121,7 +123,7 @@ async def _infer(request: Request) -> Response:
     start = time.perf_counter()
     loaded = state(request)
     config = loaded.config
-    name, code, images = request.path_params["name"], 500, 0
+    name, code, images, phases = request.path_params["name"], 500, 0, None
     try:
         model = _model(request)
         body = await read_body(request, config.max_body_bytes)
@@ -130,15 +132,18 @@ async def _infer(request: Request) -> Response:
             body, header, model.inputs, model.outputs, model=name, max_batch=config.max_batch
         )
         rows = model.rows(parsed.inputs) if model.rows else len(next(iter(parsed.inputs.values())))
+        parsed_at = time.perf_counter()
         if rows <= INLINE_ROWS:  # less work than a hop to a worker thread and back
             results = model.run(parsed.inputs)
         else:  # enough to hold up every other request on the event loop
             results = await run_in_threadpool(model.run, parsed.inputs)
+        ran_at = time.perf_counter()
         specs = {s.name: s for s in model.outputs}
         sent = [(specs[n], results[n], binary) for n, binary in parsed.outputs.items()]
         images = len(next(iter(results.values())))
         content, length = encode_response(name, parsed.id, sent)
         code = 200
+        phases = _phases(start, parsed_at, ran_at, time.perf_counter())
         if length is None:
             return Response(content, media_type="application/json")
         return Response(
@@ -151,7 +156,18 @@ async def _infer(request: Request) -> Response:
         code = response.status_code
         return response
     finally:
-        loaded.metrics.observe(name, code, time.perf_counter() - start, images)
+        loaded.metrics.observe(name, code, time.perf_counter() - start, images, phases)
+
+
+def _phases(start: float, parsed: float, ran: float, encoded: float) -> dict[str, int]:
+    """Nanoseconds of a request's phases, as Triton's statistics name them (no queue here)."""
+    ns = 1e9
+    return {
+        "queue": 0,
+        "compute_input": int((parsed - start) * ns),
+        "compute_infer": int((ran - parsed) * ns),
+        "compute_output": int((encoded - ran) * ns),
+    }
 
 
 async def _live(request: Request) -> Response:
@@ -169,11 +185,6 @@ async def _model_metadata(request: Request) -> Response:
 
 async def _model_ready(request: Request) -> Response:
     return json_response({"name": _model(request).name, "ready": True})
-
-
-async def _repository_index(request: Request) -> Response:
-    names = state(request).models.models
-    return json_response([{"name": n, "version": VERSION, "state": "READY"} for n in names])
 
 
 async def _samples_png(request: Request) -> Response:
@@ -234,12 +245,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 def routes(server: str, version: str) -> list[Route]:
-    """Every endpoint, inference first (the router tries them in order): the V2 REST paths
-    (health, server and model metadata, readiness, inference, Triton's repository index),
-    /samples.png and /metrics."""
+    """Every core endpoint, inference first (the router tries them in order): the V2 REST
+    paths (health, server and model metadata, readiness, inference), /samples.png and /metrics.
+    Triton's extensions (extensions.py) go before them."""
 
     async def server_metadata(request: Request) -> Response:
-        extensions = ["binary_tensor_data"]
+        extensions = list(EXTENSIONS)
         return json_response({"name": server, "version": version, "extensions": extensions})
 
     model = "/v2/models/{name}"
@@ -249,7 +260,6 @@ def routes(server: str, version: str) -> list[Route]:
         Route("/v2/health/live", _live),
         Route("/v2/health/ready", answers(_ready)),
         Route("/v2", server_metadata),
-        Route("/v2/repository/index", answers(_repository_index), methods=["POST"]),
         *(Route(p, answers(_model_metadata)) for p in (model, versioned)),
         *(Route(p + "/ready", answers(_model_ready)) for p in (model, versioned)),
         Route("/samples.png", answers(_samples_png)),

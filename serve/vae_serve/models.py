@@ -12,13 +12,16 @@ and computes exactly what the commands do.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vae_runtime import triton_config
 from vae_runtime.contract import (
     DECODER_OUTPUT,
     IMAGE_SHAPE,
@@ -55,6 +58,8 @@ class Model:
     run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
     platform: str = "onnxruntime_onnx"
     rows: Callable[[dict[str, np.ndarray]], int] | None = None
+    # Triton's model configuration (JSON form): a graph's is config.pbtxt's (triton_config)
+    config: dict[str, Any] = field(default_factory=dict)
 
     def metadata(self) -> dict[str, Any]:
         """The protocol's model metadata response."""
@@ -75,6 +80,7 @@ class Models:
 
     models: dict[str, Model]
     grid: Decoder
+    export: dict[str, str] = field(default_factory=dict)  # the manifest's sha256 (export_id)
 
 
 def _parameters(graph: Decoder | Encoder) -> dict[str, Any]:
@@ -95,7 +101,31 @@ def _parameters(graph: Decoder | Encoder) -> dict[str, Any]:
     return params
 
 
-def graph_model(name: str, graph: Decoder | Encoder) -> Model:
+def code_config(model: Model) -> dict[str, Any]:
+    """The configuration of a model that is code around the graphs (sampler, scorer): no batch
+    axis of Triton's (max_batch_size 0: its dims are whole shapes, -1 for any size), backend
+    "python" (what it would be under Triton), its platform as its metadata says."""
+
+    def tensor(spec: TensorSpec, optional: bool = False) -> dict[str, Any]:
+        kind = triton_config.PROTOCOL_TYPES[spec.datatype]
+        return triton_config.tensor(spec.name, kind, spec.shape, optional and spec.optional)
+
+    params = {
+        k: v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+        for k, v in model.parameters.items()
+    }
+    return triton_config.config(
+        model.name,
+        (tensor(s, optional=True) for s in model.inputs),
+        (tensor(s) for s in model.outputs),
+        max_batch_size=0,
+        platform=model.platform,
+        backend="python",
+        params=params,
+    )
+
+
+def graph_model(name: str, graph: Decoder | Encoder, max_batch: int = 1024) -> Model:
     """A graph as a model: the contract's declared inputs and outputs, batch axis -1."""
     interface, latent = graph.interface, graph.latent_dim
     # The required outputs: a decoder's optional logits feed the scorer model, not clients (a
@@ -115,7 +145,17 @@ def graph_model(name: str, graph: Decoder | Encoder) -> Model:
         def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             return dict(zip(names, graph.encode(feed[inputs[0].name]), strict=True))
 
-    return Model(name, inputs, outputs, _parameters(graph), run)
+    config = triton_config.graph_config(
+        graph.info.role,
+        graph.precision,
+        latent,
+        graph.sha256,
+        graph.metadata,
+        output_names=[t.name for t in graph.outputs],
+        max_batch_size=max_batch,
+    )
+    config["name"] = name  # the served name (--precision may give another the plain name)
+    return Model(name, inputs, outputs, _parameters(graph), run, config=config)
 
 
 def sampler_model(decoder: Decoder, max_batch: int) -> Model:
@@ -232,7 +272,7 @@ def load_models(config: ServeConfig) -> Models:
     encoder = graphs.get("encoder")
     if isinstance(encoder, Encoder):
         check_pair(encoder, decoder)
-    models = {name: graph_model(name, graph) for name, graph in graphs.items()}
+    models = {name: graph_model(name, graph, config.max_batch) for name, graph in graphs.items()}
     models[SAMPLER] = sampler_model(decoder, config.max_batch)
     if isinstance(encoder, Encoder) and decoder.has_logits:
         beside = (
@@ -240,4 +280,25 @@ def load_models(config: ServeConfig) -> Models:
         )
         reference = beside.score_reference if beside is not None else None
         models[SCORER] = scorer_model(Scorer(encoder, decoder, reference), config.max_score_rows)
-    return Models(models, decoder)
+    export = export_id(config.onnx_dir) if config.onnx_dir is not None else {}
+    for name, model in models.items():  # which export each model is from, in its metadata
+        model = replace(model, parameters={**model.parameters, **export})
+        models[name] = model if model.config else replace(model, config=code_config(model))
+    return Models(models, decoder, export)
+
+
+def export_id(onnx_dir: Path) -> dict[str, str]:
+    """Which export a folder holds: its manifest.json's SHA-256 (and its export time, where the
+    manifest records one); {} when the manifest cannot be read."""
+    try:
+        data = (Path(onnx_dir) / MANIFEST_FILE).read_bytes()
+    except OSError:
+        return {}
+    out = {"export_sha256": hashlib.sha256(data).hexdigest()}
+    try:
+        exported = json.loads(data).get("exported_at")
+    except (ValueError, AttributeError):
+        exported = None
+    if isinstance(exported, str):
+        out["exported_at"] = exported
+    return out

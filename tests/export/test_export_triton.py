@@ -7,16 +7,16 @@ repository is part of the same set of files (refused before any work, gone after
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
+import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import onnx
 import pytest
 from google.protobuf import json_format, text_format
 from helpers import expect_error
+from triton_schema import PB2
 from typer.testing import CliRunner
 
 from vae_export import cli, triton
@@ -26,22 +26,6 @@ from vae_runtime.session import Decoder, Encoder
 
 PRECISIONS = ("fp32", "int8")
 NAMES = ["decoder", "decoder_int8", "encoder", "encoder_int8"]
-
-
-def _model_config_pb2() -> ModuleType:
-    """tritonclient/grpc/model_config_pb2.py by its path: importing tritonclient.grpc would need
-    grpcio, the generated module itself needs protobuf only."""
-    spec = importlib.util.find_spec("tritonclient")
-    assert spec is not None and spec.submodule_search_locations
-    path = Path(spec.submodule_search_locations[0]) / "grpc" / "model_config_pb2.py"
-    module_spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
-    assert module_spec is not None and module_spec.loader is not None
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
-
-
-PB2 = _model_config_pb2()
 
 
 def parse(path: Path) -> Any:
@@ -202,3 +186,21 @@ def test_a_failure_while_writing_the_repository_writes_nothing(
     result = _export(checkpoints["tiny"], out, repo)
     expect_error(result, 1, "No space left on device")
     assert not out.exists() and not repo.exists()  # the folders it made went with the staging
+
+
+def test_vae_serve_answers_the_repository_s_config(exported: Path) -> None:
+    """`GET /v2/models/{name}/config` of vae-serve on the export folder (tritonclient.http) is,
+    model for model, the config.pbtxt that the same export wrote into the repository."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "serve"))
+    from serve_support import client, thread_server
+
+    from vae_serve.app import ServeConfig, create_app
+
+    app = create_app(ServeConfig(onnx_dir=exported / "out"))  # default --max-batch: 1024
+    with thread_server(app) as running:
+        for name in NAMES:
+            served = client(running).get_model_config(name)
+            from_text = parse(exported / "repo" / name / triton.CONFIG_FILE)
+            assert json_format.ParseDict(served, PB2.ModelConfig()) == from_text, name
+            last = "logits" if name.startswith("decoder") else "logvar"
+            assert served["output"][-1]["name"] == last  # every declared output, as Triton's
