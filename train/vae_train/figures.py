@@ -1,9 +1,10 @@
 """The pictures vae-train and vae-eval write, as bytes to stage with their other outputs.
 
-PNG and GIF encoding and grid tiling are the runtime's (`vae_runtime.images`); the charts are
-drawn with matplotlib, imported inside the functions that draw (its import costs ~0.4 s, which a
-command that draws nothing should not pay), on an Agg canvas of its own: no pyplot, no global
-backend, nothing left behind between calls.
+PNG and GIF encoding and grid tiling are the runtime's (`vae_runtime.images`). vae-eval's chart
+is drawn with matplotlib, imported inside the function that draws (its import costs ~0.65 s,
+which a command that draws nothing should not pay), on an Agg canvas of its own: no pyplot, no
+global backend, nothing left behind between calls. loss.png, written after every epoch, is
+drawn with PIL (loss_chart.py).
 """
 
 from __future__ import annotations
@@ -60,49 +61,6 @@ def _png(figure: Any) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
-
-
-def loss_png(metrics: Sequence[dict[str, Any]], title: str) -> bytes:
-    """loss.png: per epoch, the train and test loss (nats per image) with their BCE part on the
-    left, their KL part on the right (a scale of its own: it is a fifth of the loss)."""
-    figure, _ = _canvas(9, 3.6)
-    left, right = figure.subplots(1, 2)
-    epochs = [m["epoch"] for m in metrics]
-    marker = "o" if len(epochs) <= 30 else None
-    for split, colour in (("train", "tab:blue"), ("test", "tab:orange")):
-        left.plot(
-            epochs,
-            [m[f"{split}_loss"] for m in metrics],
-            color=colour,
-            marker=marker,
-            label=f"{split} loss (BCE + KL)",
-        )
-        left.plot(
-            epochs,
-            [m[f"{split}_bce"] for m in metrics],
-            color=colour,
-            linestyle="--",
-            label=f"{split} BCE",
-        )
-        right.plot(
-            epochs,
-            [m[f"{split}_kl"] for m in metrics],
-            color=colour,
-            marker=marker,
-            label=f"{split} KL",
-        )
-    left.set_ylabel("nats per image")
-    left.set_title("loss and its reconstruction (BCE) part")
-    right.set_title("KL(q(z|x) || N(0, I))")
-    # Fixed legend corners ("best" searches, after every epoch): where the loss has fallen
-    # and the KL has risen, as they do.
-    for ax, corner in ((left, "upper right"), (right, "lower right")):
-        ax.set_xlabel("epoch")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc=corner)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    figure.suptitle(title, fontsize=10)
-    return _png(figure)
 
 
 def kl_bars_png(kl: Sequence[float], active: Sequence[bool], title: str) -> bytes:

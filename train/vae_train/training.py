@@ -49,7 +49,7 @@ from vae_runtime.fileio import Outputs
 from vae_runtime.images import png_bytes, tile, to_uint8
 from vae_runtime.sampling import MAX_SEED, sample_latents
 
-from . import figures
+from . import figures, loss_chart
 from .adam import Adam
 from .checkpoint import (
     COMPUTE_DTYPE_KEY,
@@ -323,7 +323,7 @@ class _Run:
         title = f"vae-train {self.config.hidden_dim}-{self.config.latent_dim}, {self.source}"
         if self.settings.binarize:
             title += ", binarised"
-        outputs.write_bytes(out / LOSS_FILE, figures.loss_png(ckpt.metrics, title))
+        outputs.write_bytes(out / LOSS_FILE, loss_chart.loss_png(ckpt.metrics, title))
         frames = [
             figures.progress_frame(f.numpy(), e, self.settings.epochs) for e, f in self.frames
         ]
