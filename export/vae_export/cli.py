@@ -49,8 +49,8 @@ def export(
         None,
         "--data-dir",
         envvar=DATA_DIR_ENV,
-        help="MNIST IDX folder: its test images check the encoder  [without one: the model's "
-        "own decoded samples]",
+        help="MNIST IDX folder: its test images check the encoder and make the score "
+        "reference in manifest.json  [without one: the model's own decoded samples]",
     ),
     triton_repo: Path | None = typer.Option(
         None,
