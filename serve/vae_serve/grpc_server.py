@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
@@ -43,10 +44,12 @@ from .codec import (
     check_size,
     from_values,
 )
+from .endpoints import EXTENSIONS as HTTP_EXTENSIONS
 from .endpoints import NOT_LOADED, find_model
 
 if TYPE_CHECKING:
     from .app import State
+    from .reload import ModelControl
 
 T = TypeVar("T")
 # The typed `contents` field that holds each datatype's values (when not raw_input_contents).
@@ -64,15 +67,19 @@ METHODS = (
     "ModelConfig",
     "ModelStatistics",
     "RepositoryIndex",
+    "RepositoryModelLoad",
+    "RepositoryModelUnload",
 )
 # tritonclient's messages name the module they were generated as (grpc_service_pb2,
 # model_config_pb2), not tritonclient's: pickle, by which Ray Serve passes them between its gRPC
 # proxy and the replicas, imports them by those names. Both import this module first.
 sys.modules.setdefault(pb.ModelInferRequest.__module__, pb)
 sys.modules.setdefault(model_config_pb2.ModelConfig.__module__, model_config_pb2)
-# Triton's extensions served over gRPC (binary_tensor_data is HTTP's; the repository index is
-# answered but not load/unload, which "model_repository" would promise).
-EXTENSIONS: tuple[str, ...] = ()
+# Triton's extensions served over gRPC: HTTP's, but binary_tensor_data (HTTP's own).
+EXTENSIONS = tuple(e for e in HTTP_EXTENSIONS if e != "binary_tensor_data")
+EXPLICIT_OFF = (
+    "explicit model load and unload are off: start vae-serve with --model-control explicit"
+)
 # What Ray Serve's gRPC proxy registers (grpc_options' grpc_servicer_functions): tritonclient's,
 # imported from here so that the aliases above exist in the proxy.
 add_GRPCInferenceServiceServicer_to_server = pb_grpc.add_GRPCInferenceServiceServicer_to_server
@@ -164,37 +171,72 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         return self._answer(context, work)
 
     def RepositoryIndex(self, request: Any, context: grpc.ServicerContext) -> Any:
-        def work() -> Any:
-            index = pb.RepositoryIndexResponse.ModelIndex
-            names = self._loaded().models.models
-            return pb.RepositoryIndexResponse(
-                models=[index(name=n, version=VERSION, state="READY") for n in names]
-            )
+        def work() -> Any:  # as POST /v2/repository/index
+            loaded = self._loaded()
+            if loaded.control is not None:  # every model known, READY or UNAVAILABLE
+                entries = loaded.control.index()
+            else:
+                names = loaded.models.models
+                entries = [{"name": n, "version": VERSION, "state": "READY"} for n in names]
+            if request.ready:
+                entries = [e for e in entries if e["state"] == "READY"]
+            return json_format.ParseDict({"models": entries}, pb.RepositoryIndexResponse())
 
         return self._answer(context, work)
 
+    def RepositoryModelLoad(self, request: Any, context: grpc.ServicerContext) -> Any:
+        def work() -> Any:  # as POST /v2/repository/models/{name}/load
+            self._control().load(request.model_name)
+            return pb.RepositoryModelLoadResponse()
+
+        return self._answer(context, work)
+
+    def RepositoryModelUnload(self, request: Any, context: grpc.ServicerContext) -> Any:
+        def work() -> Any:  # as POST /v2/repository/models/{name}/unload
+            self._control().unload(request.model_name)
+            return pb.RepositoryModelUnloadResponse()
+
+        return self._answer(context, work)
+
+    def _control(self) -> ModelControl:
+        loaded = self._loaded()
+        if loaded.control is None or loaded.config.model_control != "explicit":
+            raise RequestError(EXPLICIT_OFF)
+        return loaded.control
+
     def ModelConfig(self, request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "model configuration is not served over gRPC yet; GET /v2/models/<name>/config",
-        )
+        def work() -> Any:  # GET /v2/models/{name}/config's JSON, as the proto's message
+            models = self._loaded().models.models
+            model = find_model(models, request.name, request.version or VERSION)
+            config = json_format.ParseDict(model.config, model_config_pb2.ModelConfig())
+            return pb.ModelConfigResponse(config=config)
+
+        return self._answer(context, work)
 
     def ModelStatistics(self, request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "statistics are not served over gRPC yet; GET /v2/models/<name>/stats or /metrics",
-        )
+        def work() -> Any:  # GET /v2/models[/{name}]/stats's JSON, from the same tallies
+            loaded = self._loaded()
+            models = loaded.models.models
+            names = list(models)
+            if request.name:
+                names = [find_model(models, request.name, request.version or VERSION).name]
+            stats = loaded.metrics.stats.model_stats(names, VERSION)
+            return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
+
+        return self._answer(context, work)
 
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
         loaded = self._answer(context, self._loaded)
-        start, code, images = time.perf_counter(), 500, 0
+        start, code, images, phases = time.perf_counter(), 500, 0, None
         try:
             config, name = loaded.config, request.model_name
             model = find_model(loaded.models.models, name, request.model_version or VERSION)
             feed = read_inputs(request, model.inputs, model=name, max_batch=config.max_batch)
             names = {s.name for s in model.outputs}
             asked = [check_output(names, o.name, name) for o in request.outputs]
+            parsed_at = time.perf_counter()
             results = model.run(feed)
+            ran_at = time.perf_counter()
             specs = {s.name: s for s in model.outputs}
             response = pb.ModelInferResponse(model_name=name, model_version=VERSION, id=request.id)
             for out in dict.fromkeys(asked or specs):  # in the order asked; all when none are
@@ -203,12 +245,24 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
                 response.outputs.add(name=out, datatype=spec.datatype, shape=array.shape)
                 response.raw_output_contents.append(array.tobytes())
             images, code = len(next(iter(results.values()))), 200
+            phases = _phases(start, parsed_at, ran_at, time.perf_counter())
             return response
         except VaeError as exc:
             code = http_status(exc)
             _abort(context, exc)
         finally:
-            loaded.metrics.observe(request.model_name, code, time.perf_counter() - start, images)
+            seconds = time.perf_counter() - start
+            loaded.metrics.observe(request.model_name, code, seconds, images, phases)
+
+
+def _phases(start: float, parsed: float, ran: float, encoded: float) -> dict[str, int]:
+    """Nanoseconds of a call's phases, as Triton's statistics name them (no queue here)."""
+    return {
+        "queue": 0,
+        "compute_input": int((parsed - start) * 1e9),
+        "compute_infer": int((ran - parsed) * 1e9),
+        "compute_output": int((encoded - ran) * 1e9),
+    }
 
 
 class CallAborted(Exception):

@@ -228,6 +228,9 @@ def test_grpc_through_ray_serves_own_proxy(server: Running, graphs: dict[str, An
     assert c.is_server_ready(headers=app) and c.is_model_ready("encoder", headers=app)
     index = c.get_model_repository_index(headers=app, as_json=True)["models"]
     assert [m["name"] for m in index] == ["decoder", "decoder_int8", "encoder", "sampler"]
+    assert c.get_model_config("decoder", headers=app).config.name == "decoder"
+    stats = c.get_inference_statistics("decoder", headers=app).model_stats[0]
+    assert stats.name == "decoder"  # each replica tallies its own calls
     with pytest.raises(InferenceServerException) as info:
         decode(z[:, :19])
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"

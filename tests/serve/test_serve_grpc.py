@@ -18,8 +18,10 @@ from typing import Any
 
 import grpc
 import numpy as np
+import orjson
 import pytest
 import tritonclient.grpc as tgrpc
+from google.protobuf import json_format
 from serve_support import (
     BIN,
     LATENT,
@@ -32,6 +34,7 @@ from serve_support import (
     stop_server,
     thread_server,
 )
+from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
@@ -189,14 +192,85 @@ def test_metadata_and_readiness(running: Running, export_dir: Path) -> None:
         c.get_model_metadata("decoder", "2")
 
 
-def test_config_and_statistics_are_unimplemented(running: Running) -> None:
+def _http_json(server: Running, path: str) -> Any:
+    status, _, body = request(server, "GET", path)
+    assert status == 200, body
+    return orjson.loads(body)
+
+
+@pytest.mark.parametrize("name", ["decoder", "encoder", "sampler", "decoder_int8"])
+def test_config_is_https(running: Running, name: str) -> None:
+    """The model configuration over gRPC is the JSON of GET /v2/models/{name}/config, as the
+    proto's ModelConfig (the same declaration as vae-export's config.pbtxt)."""
+    config = client(running).get_model_config(name).config
+    expected = _http_json(running, f"/v2/models/{name}/config")
+    assert config == json_format.ParseDict(expected, model_config_pb2.ModelConfig())
+    assert config.name == name and config.input[0].name in ("z", "image", "seed")
+    assert config == client(running).get_model_config(name, "1").config
+
+
+def test_statistics_are_https_and_count_grpc(running: Running) -> None:
+    """gRPC calls count in the statistics extension; its gRPC form is the HTTP JSON's."""
     c = client(running)
-    for call in (c.get_model_config, c.get_inference_statistics):
+    before = c.get_inference_statistics("decoder").model_stats[0]
+    for rows in (1, 3, 3):
+        c.infer("decoder", [z_tensor(sample_latents(rows, LATENT, rows))])
+    with pytest.raises(InferenceServerException):
+        c.infer("decoder", [z_tensor(Z1[:, :19])])
+    stats = c.get_inference_statistics("decoder").model_stats[0]
+    expected = _http_json(running, "/v2/models/decoder/stats")  # nothing ran in between
+    assert stats == json_format.ParseDict(expected, pb.ModelStatisticsResponse()).model_stats[0]
+    inference = stats.inference_stats
+    assert inference.success.count == before.inference_stats.success.count + 3
+    assert inference.fail.count == before.inference_stats.fail.count + 1
+    assert stats.inference_count == before.inference_count + 7
+    assert inference.compute_infer.count == inference.success.count
+    everything = c.get_inference_statistics().model_stats
+    assert {m.name for m in everything} >= {"decoder", "encoder", "sampler", "decoder_int8"}
+    with pytest.raises(InferenceServerException, match="unknown model 'nope'") as info:
+        c.get_inference_statistics("nope")
+    assert info.value.status() == "StatusCode.NOT_FOUND"
+    assert set(c.get_server_metadata().extensions) == {
+        "model_configuration",
+        "statistics",
+        "model_repository",
+    }
+
+
+def test_load_and_unload_need_explicit_control(running: Running) -> None:
+    for call in (client(running).load_model, client(running).unload_model):
         with pytest.raises(InferenceServerException) as info:
-            call("decoder")
-        assert info.value.status() == "StatusCode.UNIMPLEMENTED"
-        assert "/v2/models/<name>/" in info.value.message()
+            call("encoder")
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "start vae-serve with --model-control explicit" in info.value.message()
     good_call(running)
+
+
+def test_explicit_unload_and_load_over_grpc(export_dir: Path) -> None:
+    """Under --model-control explicit, tritonclient.grpc's unload_model and load_model move a
+    model out of service and back, as the HTTP repository calls do."""
+    from vae_serve.app import ServeConfig, create_app
+    from vae_serve.grpc_server import app_state, bind
+
+    app = create_app(ServeConfig(onnx_dir=export_dir, model_control="explicit"))
+    front = bind("127.0.0.1", 0, max_message_bytes=1 << 20, threads=2)
+    with thread_server(app) as server:
+        front.start(app_state(app))
+        server.grpc = f"127.0.0.1:{front.port}"
+        c = client(server)
+        c.unload_model("encoder")
+        assert not c.is_model_ready("encoder") and c.is_model_ready("decoder")
+        index = {m.name: m.state for m in c.get_model_repository_index().models}
+        assert index["encoder"] == "UNAVAILABLE" and index["decoder"] == "READY"
+        only_ready = stub_call(server, "RepositoryIndex", pb.RepositoryIndexRequest(ready=True))
+        ready = [m.name for m in only_ready.models]
+        assert "encoder" not in ready
+        with pytest.raises(InferenceServerException, match="unknown model 'encoder'"):
+            c.infer("encoder", [z_tensor(np.zeros((1, 1, 28, 28), np.float32), name="image")])
+        c.load_model("encoder")
+        assert c.is_model_ready("encoder")
+        good_call(server)
+        assert front.stop(5).wait(10)
 
 
 def _raw(z: np.ndarray, blob: bytes | None = None, **fields: Any) -> Any:
