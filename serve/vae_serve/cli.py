@@ -168,6 +168,11 @@ def serve_command(
         poll_seconds=poll_seconds,
     )
     on_ray = ray or ray_address is not None
+    if model_control == "explicit" and workers != 1:
+        raise InvalidArgumentError(
+            "--model-control explicit needs --workers 1: a load or unload call reaches one "
+            "worker process only (poll works with any number: each worker polls)"
+        )
     ray_options = (num_replicas, min_replicas, max_replicas, target_ongoing_requests)
     if not (on_ray or write_serve_config) and (
         any(v is not None for v in ray_options) or (max_ongoing_requests, num_cpus) != (5, 1.0)

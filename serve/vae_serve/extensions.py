@@ -80,7 +80,8 @@ def _control(request: Request) -> ModelControl:
 
 async def _load(request: Request) -> Response:
     control = _control(request)
-    await _body(request)  # parameters (a config or files to load from) are not taken
+    if (await _body(request)).get("parameters"):
+        raise RequestError("load takes no parameters (a config or files): it re-reads the folder")
     await run_in_threadpool(control.load, request.path_params["name"])
     return json_response({})
 

@@ -17,12 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from helpers import expect_error
 from runtime_graphs import build_decoder, build_encoder
 from serve_support import LATENT, client, request, start_server, stop_server
+from typer.testing import CliRunner
 
 from vae_runtime.contract import MANIFEST_FILE, FileEntry, Manifest
 from vae_runtime.sampling import sample_latents
 from vae_runtime.session import Decoder
+from vae_serve import cli as serve_cli
 from vae_serve.app import Metrics, ServeConfig, State
 from vae_serve.models import load_models
 from vae_serve.reload import ModelControl
@@ -191,17 +194,23 @@ def test_poller_refuses_a_half_copied_folder_until_the_manifest_changes(
     assert state.metrics.reloads.labels("refused")._value.get() == 1
 
 
-def test_model_control_options_are_checked(export_dir: Path) -> None:
-    for bad, message in (
-        ({"model_control": "watch"}, "model control must be one of none, poll, explicit"),
-        ({"model_control": "poll", "decoder": export_dir / "decoder.onnx"}, "watches"),
-        ({"model_control": "poll", "poll_seconds": 0.0}, "poll seconds"),
-        ({"model_control": "poll", "poll_seconds": float("nan")}, "poll seconds"),
-    ):
-        fields: dict = {"onnx_dir": None if "decoder" in bad else export_dir, **bad}
-        with pytest.raises(Exception, match=message):
-            ServeConfig(**fields).check()
-    assert (
-        ServeConfig.from_dict({"onnx_dir": str(export_dir), "poll_seconds": "0.5"}).poll_seconds
-        == 0.5
-    )
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--model-control", "watch"], "model control must be one of none, poll, explicit"),
+        (["--model-control", "poll", "--poll-seconds", "0"], "poll seconds must be from 0.05"),
+        (["--model-control", "poll", "--poll-seconds", "nan"], "poll seconds must be from 0.05"),
+        (["--model-control", "explicit", "--workers", "2"], "explicit needs --workers 1"),
+        (["--model-control", "poll", "--ray"], "under Ray Serve a model update is a redeploy"),
+    ],
+)
+def test_model_control_refusals(export_dir: Path, args: list[str], words: str) -> None:
+    result = CliRunner().invoke(serve_cli.app, ["--onnx-dir", str(export_dir), *args])
+    expect_error(result, 2, words)
+
+
+def test_poll_needs_a_folder(export_dir: Path) -> None:
+    args = ["--decoder", str(export_dir / "decoder.onnx"), "--model-control", "poll"]
+    expect_error(CliRunner().invoke(serve_cli.app, args), 2, "poll watches an --onnx-dir")
+    settings = {"onnx_dir": str(export_dir), "model_control": "poll", "poll_seconds": "0.5"}
+    assert ServeConfig.from_dict(settings).poll_seconds == 0.5  # a Serve config's strings
