@@ -3,6 +3,10 @@ and against the hand-written backward pass it used before, in the same run; whol
 processes (`vae-train` against bench/reference_vae.py, 5 and 10 epochs); fp32 against bf16.
 
     python bench/train_speed.py --data-dir /path/to/mnist      (or VAE_DATA_DIR=...)
+    python bench/train_speed.py --quick                        (a check, in about a minute)
+
+Every ratio is bench/measure.py's: the median of at least 5 alternating pairs (--pairs), with
+its spread; the machine block comes first.
 
 All train the same model with the same loss and optimizer (Adam, lr 1e-3) for the same epochs
 on the same images; the table gives seconds per epoch (training pass + test evaluation), their
@@ -12,7 +16,7 @@ measured here: on a large GEMM (the peak) and on the GEMM shapes a batch-128 ste
 
 "hand-written backward" is vae-train's own loop with autograd swapped for the gradient written
 out by hand (`loss_and_grads` below, deleted from the package): it may come back only if it is
-at least 15% faster per epoch here. vae-train and it run alternately, `--repeats` times each.
+at least 15% faster per epoch here. The three run in turn, `--pairs` times, the order flipping.
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from vae_train.cli import tune_threads
@@ -32,12 +36,14 @@ tune_threads(True)  # vae-train's default, before torch loads; every contender r
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from measure import alternate, alternate_samples, print_machine, spread, verdict  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from vae_train import training  # noqa: E402
-from vae_train.data import load_mnist  # noqa: E402
+from vae_train.data import MnistImages, load_mnist  # noqa: E402
+from vae_train.device import Progress, flush_denormals  # noqa: E402
 from vae_train.model import VAE, VAEConfig, loss_terms  # noqa: E402
 from vae_train.training import TrainSettings, train  # noqa: E402
 
@@ -221,98 +227,66 @@ def bf16_rate(batch: int = 128, hidden: int = 400, seconds: float = 1.0) -> floa
     return len(rates) / sum(1 / r for r in rates)
 
 
-def _process(args: list[str]) -> float:
-    """Wall seconds of one whole process (start-up, training, figures, exit)."""
-    start = time.perf_counter()
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
-
-
-def whole_process(data_dir: str, repeats: int) -> None:
-    """`vae-train --epochs E` against `bench/reference_vae.py --epochs E`, whole processes,
-    alternating, the ratio taken within each repeat (the VM's speed drifts)."""
+def whole_process(data_dir: str, pairs: int, epochs_list: tuple[int, ...]) -> None:
+    """`vae-train --epochs E` against `bench/reference_vae.py --epochs E`, whole processes in
+    alternating pairs (measure.alternate): the ratio is the median of the pairs' ratios."""
     bench = Path(__file__).parent
     vae_train = str(Path(sys.executable).parent / "vae-train")
-    print("\n| whole process | vae-train (s) | reference (s) | ratio | ratios of the repeats |")
-    print("| --- | ---: | ---: | ---: | --- |")
-    for epochs in (5, 10):
-        ours, ref, ratios = [], [], []
-        for _ in range(repeats):
-            with tempfile.TemporaryDirectory() as out:
-                a = _process(
-                    [
-                        vae_train,
-                        "--data-dir",
-                        data_dir,
-                        "--out",
-                        out,
-                        "-q",
-                        "--epochs",
-                        str(epochs),
-                        "--device",
-                        "cpu",
-                    ]
-                )
-            b = _process(
-                [
-                    sys.executable,
-                    str(bench / "reference_vae.py"),
-                    "--data-dir",
-                    data_dir,
-                    "--epochs",
-                    str(epochs),
-                ]
-            )
-            ours.append(a)
-            ref.append(b)
-            ratios.append(b / a)
+    print("\n| whole process | vae-train (s) | reference (s) | ratio (spread) | target |")
+    print("| --- | --- | --- | --- | --- |")
+    for epochs in epochs_list:
+        with tempfile.TemporaryDirectory() as out:
+            ours = [vae_train, "--data-dir", data_dir, "--out", out, "-q", "-f"]
+            ours += ["--epochs", str(epochs), "--device", "cpu"]
+            ref = [sys.executable, str(bench / "reference_vae.py"), "--data-dir", data_dir]
+            result = alternate(ours, [*ref, "--epochs", str(epochs)], pairs=pairs)
+        r = result.ratio
         print(
-            f"| {epochs} epochs | {np.median(ours):.2f} | {np.median(ref):.2f} | "
-            f"{np.median(ratios):.2f}x | {', '.join(f'{r:.2f}' for r in ratios)} |"
+            f"| {epochs} epochs | {result.seconds_a.show(2)} | {result.seconds_b.show(2)} | "
+            f"{r.show(2, 'x')} | >= 3x {verdict(r.median, 3.0)} |"
         )
 
 
-def precisions(data: object, epochs: int, seeds: int, n_train: int, n_test: int) -> None:
-    """fp32 against bf16: seconds per epoch (median of epochs 2.., every seed) and the test loss
-    after `epochs` (mean over seeds), the runs alternating; floors at each precision's rate."""
-    results: dict[str, dict[str, list[float]]] = {
-        p: {"epoch": [], "loss": []} for p in ("fp32", "bf16")
-    }
-    ratios = []
+def _epochs_of(data: MnistImages, precision: str, seed: int = 1) -> Callable[[], float]:
+    """A run that trains one more epoch (training pass and test evaluation) per call; returns
+    the call's seconds."""
+    settings = TrainSettings(epochs=10_000, seed=seed, device="cpu", compute_dtype=precision)
+    run = training._Run(settings, VAEConfig(), torch.device("cpu"), data)
+    quiet, path = Progress(enabled=False), Path("model.pt")
+
+    def sample() -> float:
+        start = time.perf_counter()
+        run.epoch += 1
+        with flush_denormals():
+            run._train_epoch(run.epoch, quiet, path)
+            run._evaluate(run.epoch)
+        return time.perf_counter() - start
+
+    return sample
+
+
+def precisions(data: MnistImages, epochs: int, seeds: int, pairs: int) -> None:
+    """fp32 against bf16: seconds per epoch, epochs alternating pair by pair (measure), after one
+    warm-up epoch each; then the test loss after `epochs` epochs, mean over `seeds` seeds."""
+    result = alternate_samples(_epochs_of(data, "bf16"), _epochs_of(data, "fp32"), pairs=pairs)
+    r = result.ratio
+    print("\n| batch 128 | s / epoch (spread) |")
+    print("| --- | --- |")
+    print(f"| fp32 | {result.seconds_b.show(3)} |")
+    print(f"| bf16 | {result.seconds_a.show(3)} |")
+    print(f"bf16 is {r.show(2, 'x')} fp32 per epoch; target >= 1.4x: {verdict(r.median, 1.4)}")
+    losses: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for seed in range(1, seeds + 1):
-        medians = {}
-        for precision in ("fp32", "bf16"):
+        for p in losses:
             with tempfile.TemporaryDirectory() as out:
-                ckpt = train(
-                    TrainSettings(epochs=epochs, seed=seed, device="cpu", precision=precision),
-                    out_dir=out,
-                    data=data,
-                )
-            seconds = [m["seconds"] for m in ckpt.metrics][1:]
-            results[precision]["epoch"] += seconds
-            results[precision]["loss"].append(ckpt.metrics[-1]["test_loss"])
-            medians[precision] = float(np.median(seconds))
-            print(f"  {precision} seed {seed}: {' '.join(f'{x:.3f}' for x in seconds)}")
-        ratios.append(medians["fp32"] / medians["bf16"])
-    flops = epoch_flops(n_train, n_test)
-    rates = {"fp32": batch_matmul_rate(), "bf16": bf16_rate()}
+                settings = TrainSettings(epochs=epochs, seed=seed, device="cpu", compute_dtype=p)
+                losses[p].append(train(settings, out_dir=out, data=data).metrics[-1]["test_loss"])
+    gap = float(np.mean(losses["bf16"]) - np.mean(losses["fp32"]))
+    shown = {p: ", ".join(f"{x:.2f}" for x in v) for p, v in losses.items()}
     print(
-        f"\n| precision | s / epoch (median) | floor at its batch-128 GEMM rate | "
-        f"test loss after {epochs} epochs (mean of {seeds} seeds) |"
-    )
-    print("| --- | ---: | ---: | ---: |")
-    for p in ("fp32", "bf16"):
-        r = results[p]
-        print(
-            f"| {p} | {np.median(r['epoch']):.3f} | {flops / rates[p]:.3f} "
-            f"({rates[p] / 1e9:.0f} GFLOP/s) | {np.mean(r['loss']):.2f} "
-            f"({', '.join(f'{x:.2f}' for x in r['loss'])}) |"
-        )
-    gap = np.mean(results["bf16"]["loss"]) - np.mean(results["fp32"]["loss"])
-    print(
-        f"bf16 is {np.median(ratios):.2f}x fp32 per epoch (per seed "
-        f"{', '.join(f'{r:.2f}' for r in ratios)}; target >= 1.6); test loss {gap:+.2f} nats "
-        "(target within 0.5)"
+        f"test loss after {epochs} epochs, mean of {seeds} seeds: fp32 "
+        f"{np.mean(losses['fp32']):.2f} ({shown['fp32']}), bf16 {np.mean(losses['bf16']):.2f} "
+        f"({shown['bf16']}): {gap:+.2f} nats; target within 0.5: {verdict(-abs(gap), -0.5)}"
     )
 
 
@@ -321,7 +295,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("VAE_DATA_DIR"))
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each vae-train variant")
+    parser.add_argument("--pairs", type=int, default=7, help="alternating pairs (at least 5)")
     parser.add_argument(
         "--sections",
         default="epoch,whole,precision",
@@ -329,31 +303,39 @@ def main() -> None:
         "processes, 5 and 10 epochs), precision (fp32 against bf16, 3 seeds)",
     )
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the precision section")
+    parser.add_argument(
+        "--quick", action="store_true", help="a check in seconds: 2000 images, 2 epochs, 5 pairs"
+    )
     args = parser.parse_args()
     sections = set(args.sections.split(","))
+    print_machine("vae-train speed")
     if not args.data_dir:
         sys.exit("train_speed.py: error: pass --data-dir or set VAE_DATA_DIR")
     data = load_mnist(args.data_dir)
+    if args.quick:
+        data = MnistImages(data.train[:2000], data.test[:500], data.source)
+        args.epochs, args.seeds, args.pairs = 2, 1, 5
     n_train, n_test = len(data.train), len(data.test)
     print(
         f"data: {n_train} train / {n_test} test images from {data.source}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
     )
     if "whole" in sections:
-        whole_process(args.data_dir, args.repeats)
+        whole_process(args.data_dir, args.pairs, (1,) if args.quick else (5, 10))
     if "precision" in sections:
-        precisions(data, args.epochs, args.seeds, n_train, n_test)
+        precisions(data, args.epochs, args.seeds, args.pairs)
     if "epoch" not in sections:
         return
 
     # The machine's speed drifts by tens of percent from minute to minute (a shared VM): each
-    # repeat runs all three back to back, and the ratios are taken within a repeat.
+    # pair runs all three back to back, the order flipping, and the ratios are per pair.
     runs: dict[str, list[float]] = {"ours": [], "hand": [], "reference": []}
     losses: dict[str, float] = {}
     ratios, gains = [], []
-    for _ in range(args.repeats):
+    for i in range(args.pairs):
         medians = {}
-        for name in ("ours", "hand", "reference"):
+        names = ("ours", "hand", "reference")
+        for name in names if i % 2 == 0 else names[::-1]:  # the order flips every other pair
             if name == "reference":
                 seconds, loss = reference(data.train, data.test, args.epochs, args.seed)
             else:
@@ -384,15 +366,15 @@ def main() -> None:
     print(f"| floor at the 1024^3 GEMM rate | {floor:.3f} | |")
     print(f"| floor at the batch-128 GEMM rate | {batch_floor:.3f} | |")
     print()
-    ratio, gain = float(np.median(ratios)), float(np.median(gains))
+    ratio, gain = spread(ratios), float(np.median(gains))
     print(
-        f"vae-train is {ratio:.2f}x the reference (median of the repeats' ratios "
-        f"{', '.join(f'{r:.2f}' for r in ratios)}; target >= 3); {ours_s / floor:.2f}x the "
+        f"vae-train is {ratio.show(2, 'x')} the reference per epoch (target >= 3x: "
+        f"{verdict(ratio.median, 3.0)}); {ours_s / floor:.2f}x the "
         f"1024^3 floor, {ours_s / batch_floor:.2f}x the batch-128 floor; test loss "
         f"{losses['ours'] - losses['reference']:+.2f} nats vs reference (target within 1)"
     )
     print(
-        f"hand-written backward: {gain:+.1%} faster per epoch than autograd (repeats: "
+        f"hand-written backward: {gain:+.1%} faster per epoch than autograd (pairs: "
         f"{', '.join(f'{g:+.1%}' for g in gains)}; "
         f"{'KEEP: >= 15%' if gain >= 0.15 else 'stays deleted: below the 15% bar'})"
     )
