@@ -51,7 +51,9 @@ class ServeConfig:
     `decoder`/`encoder`. Caps: `max_batch` rows per request (also the sampler's count),
     `max_body_bytes` per request body, `max_grid` images in one /samples.png, `max_score_rows`
     k x images in one scorer request. `cors_origins`:
-    browser origins allowed to call the service (none: CORS off)."""
+    browser origins allowed to call the service (none: CORS off). `model_control`: live model
+    updates (reload.py: `poll` watches `onnx_dir` every `poll_seconds`, `explicit` takes
+    Triton's load/unload calls)."""
 
     onnx_dir: Path | None = None
     decoder: Path | None = None
