@@ -53,11 +53,13 @@ def test_the_torch_helper_is_vae_evals_computation(exported: Exported, digits: n
         terms = bound_terms(exported.model, x, k, torch.Generator().manual_seed(5))
     eps = torch.randn(k, 8, d, generator=torch.Generator().manual_seed(5))  # the same draws
     helper = scores_with_noise(exported.model, x, eps.transpose(0, 1))
-    np.testing.assert_allclose(helper["iwae"].numpy(), terms["iwae"].numpy(), atol=1e-9)
+    # bound_terms sums the 784 likelihood terms in float32 (fast; ~1e-4 per image), the helper
+    # in float64: the same bound within that rounding
+    np.testing.assert_allclose(helper["iwae"].numpy(), terms["iwae"].numpy(), atol=1e-3)
     mu, logvar = terms["mu"].double(), terms["logvar"].double()
     z = mu + torch.exp(0.5 * logvar) * eps.double()  # (k, 8, d)
     mc_kl = (0.5 * (z * z - eps.double() ** 2 - logvar)).sum(-1).mean(0)  # log q - log p
-    np.testing.assert_allclose(helper["elbo"].numpy(), (terms["rec"] - mc_kl).numpy(), atol=1e-4)
+    np.testing.assert_allclose(helper["elbo"].numpy(), (terms["rec"] - mc_kl).numpy(), atol=1e-3)
 
 
 def test_an_export_without_data_scores_its_decoded_samples(exported: Exported) -> None:

@@ -98,15 +98,23 @@ class _Sums:
 
 
 def _log_weights(
-    model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor
+    model: VAE,
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    eps: torch.Tensor,
+    sums: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For B images x (B, 784) with posterior (mu, logvar) and draws eps (S, B, L): float64
-    (S, B) log p(x|z) and log importance weights log p(x|z) + log p(z) - log q(z|x)."""
+    (S, B) log p(x|z) and log importance weights log p(x|z) + log p(z) - log q(z|x). The 784
+    likelihood terms are summed in `sums`: float32 for vae-eval's means over thousands of
+    images (its rounding, ~1e-4 nats per image, averages out; float64 costs a third more),
+    float64 where single images are compared (~1e-6)."""
     s, b = eps.shape[:2]
     z = mu + torch.exp(0.5 * logvar) * eps  # (S, B, L)
     logits = model.decode_logits(z.reshape(s * b, -1)).reshape(s, b, -1)  # (S, B, 784)
     # log p(x|z) = sum_j x_j l_j - softplus(l_j): the Bernoulli likelihood, stable for any l
-    rec = (logits * x).sum(-1) - F.softplus(logits).sum(-1)  # (S, B)
+    rec = (logits * x - F.softplus(logits)).to(sums).sum(-1)  # (S, B)
     log_pz = -0.5 * (z * z + _LOG_2PI).sum(-1)
     log_qz = -0.5 * (eps * eps + _LOG_2PI + logvar).sum(-1)  # (z - mu) / std = eps
     rec64 = rec.double().cpu()
@@ -156,13 +164,13 @@ def scores_with_noise(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> dict[st
     """Per image (B,) float64, with given draws eps (B, k, L) in place of sampled ones: `elbo`
     (the mean of the k log weights: a Monte-Carlo KL, not the analytic one of `evaluate`),
     `iwae` (their log-mean-exp) and `bce` (of the posterior mean's reconstruction, as
-    `recon_bce`), all in nats. The torch side of the runtime Scorer's parity test: the same
-    log weights as `bound_terms` computes."""
+    `recon_bce`), all in nats. The torch side of the runtime Scorer's parity test: the log
+    weights of `bound_terms`, their 784 likelihood terms summed in float64."""
     mu, logvar = model.encode(x)
-    _, log_w = _log_weights(model, x, mu, logvar, eps.transpose(0, 1))  # (k, B)
+    _, log_w = _log_weights(model, x, mu, logvar, eps.transpose(0, 1), torch.float64)  # (k, B)
     k = log_w.shape[0]
     logits = model.decode_logits(mu)
-    bce = (F.softplus(logits) - x * logits).sum(-1).double()
+    bce = (F.softplus(logits) - x * logits).double().sum(-1)
     return {
         "elbo": log_w.mean(0),
         "iwae": torch.logsumexp(log_w, 0) - math.log(k),
