@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .contract import IMAGE_PIXELS, MANIFEST_FILE, PRECISIONS, Manifest, graph_file
+from .contract import IMAGE_PIXELS, IMAGE_SHAPE, MANIFEST_FILE, PRECISIONS, Manifest, graph_file
 from .errors import InvalidArgumentError, as_array, check_int, check_path
 from .reference import ScoreReference
 from .sampling import MAX_SEED, check_batch_size
@@ -137,7 +137,7 @@ class Scorer:
         check_int("seed", seed, 0, MAX_SEED)
         check_int("start", start, 0, MAX_SEED)
         rows = check_batch_size(DEFAULT_ROWS if batch_size is None else batch_size)
-        x = _images(images)
+        x = _checked_images(images)
         d = self.latent_dim
         return self._score(x, k, rows, lambda first, b: _Draws(seed, start + first, b, d))
 
@@ -145,7 +145,7 @@ class Scorer:
         """Score `images` with the given standard normals `eps` (N, k, latent_dim), float, in
         place of drawn ones: the same arithmetic as `score` (for parity tests, and for callers
         with their own noise)."""
-        x = _images(images)
+        x = _checked_images(images)
         noise = as_array("eps", eps)
         n, d = x.shape[0], self.latent_dim
         if noise.dtype.kind != "f" or noise.ndim != 3 or noise.shape[::2] != (n, d):
@@ -172,14 +172,16 @@ class Scorer:
     def _score(
         self, x: np.ndarray, k: int, rows: int, noise: Callable[[int, int], _Source]
     ) -> Scores:
-        """x float32 (N, 1, 28, 28); noise(first, b) gives the draws of images first..first+b."""
+        """x: checked images (N, ...); noise(first, b) gives the draws of images first..first+b."""
         n = x.shape[0]
         out = [np.empty(n, np.float64) for _ in range(3)]
         per_block = max(1, rows // k)  # images per block; k > rows: one image, draws chunked
         with ThreadPoolExecutor(self._threads) as pool:
             for first in range(0, n, per_block):
                 b = min(per_block, n - first)
-                block = self._block(x[first : first + b], k, rows, noise(first, b), pool)
+                # converted block by block: float32 copies of b images, never of all N
+                xb = _images(x[first : first + b])
+                block = self._block(xb, k, rows, noise(first, b), pool)
                 for array, values in zip(out, block, strict=True):
                     array[first : first + b] = values
         return Scores(elbo=out[0], iwae=out[1], bce=out[2])
@@ -266,6 +268,30 @@ class _Given(_Source):
 
     def draw(self, offset: int, count: int) -> np.ndarray:
         return self._eps[:, offset : offset + count].astype(np.float32)
+
+
+def _checked_images(images: Any) -> np.ndarray:
+    """`images` as an array of N images, checked as Encoder.encode checks them (shape, dtype,
+    finite pixels in [0, 1]) without a float32 copy of them all: (N, 28, 28) or (N, 1, 28, 28)."""
+    array = as_array("images", images)
+    if array.ndim == 2:
+        array = array[None]
+    shape_ok = array.ndim in (3, 4) and array.shape[-2:] == IMAGE_SHAPE[1:]
+    if not shape_ok or (array.ndim == 4 and array.shape[1] != 1):
+        raise InvalidArgumentError(
+            f"images must have shape (N, 28, 28) or (N, 1, 28, 28), got {array.shape}"
+        )
+    _images(array[:1])  # the dtype rules, on one image
+    if array.dtype.kind == "f" and array.size:
+        low, high = float(array.min()), float(array.max())  # NaN in both if any pixel is
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise InvalidArgumentError("images contain NaN or infinite pixels")
+        if low < 0.0 or high > 1.0:
+            raise InvalidArgumentError(
+                f"float image pixels must be in [0, 1], got {low:g}..{high:g} (for 0-255 pixels "
+                "pass a uint8 array, or divide by 255)"
+            )
+    return array
 
 
 def _log_likelihood(logits: np.ndarray, x: np.ndarray) -> np.ndarray:

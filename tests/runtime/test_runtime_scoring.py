@@ -259,3 +259,28 @@ def test_threads_split_the_arithmetic_without_changing_a_bit(
         _equal(three.score(images, k=k, batch_size=batch_size), one.score(images, k=k))
     with pytest.raises(InvalidArgumentError, match="threads"):
         Scorer(scorer.encoder, scorer.decoder, threads=0)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (np.zeros((3, 5, 5), np.uint8), r"got \(3, 5, 5\)"),
+        (np.zeros((3, 2, 28, 28), np.uint8), r"got \(3, 2, 28, 28\)"),
+        (np.full((2, 28, 28), 1.5), r"\[0, 1\], got 1.5\.\.1.5"),
+        (np.full((2, 28, 28), np.inf), "NaN or infinite"),
+        (np.zeros((2, 28, 28), np.int32), "uint8"),
+        ("digits", "images must"),
+    ],
+)
+def test_score_checks_all_images_before_any_work(
+    scorer: Scorer, data: object, message: str
+) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        scorer.score(data)
+
+
+def test_one_image_of_28_by_28_is_a_batch_of_one(scorer: Scorer, images: np.ndarray) -> None:
+    one = scorer.score(images[3], k=4, seed=1, start=3)
+    _equal(one, scorer.score(images[3:4], k=4, seed=1, start=3))
+    float_images = images.astype(np.float64).reshape(-1, 1, 28, 28) / 255.0
+    _equal(scorer.score(float_images, k=4), scorer.score(images, k=4))
