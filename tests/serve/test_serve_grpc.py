@@ -82,11 +82,13 @@ def client(server: Running) -> tgrpc.InferenceServerClient:
     return tgrpc.InferenceServerClient(server.grpc)
 
 
-def stub_call(server: Running, method: str, message: Any) -> Any:
+def stub_call(server: Running, method: str, message: Any, gzip: bool = False) -> Any:
     """One call through the service's stub itself (for what tritonclient never sends)."""
     assert server.grpc is not None
+    how = grpc.Compression.Gzip if gzip else grpc.Compression.NoCompression
     with grpc.insecure_channel(server.grpc) as channel:
-        return getattr(pb_grpc.GRPCInferenceServiceStub(channel), method)(message, timeout=30)
+        call = getattr(pb_grpc.GRPCInferenceServiceStub(channel), method)
+        return call(message, timeout=30, compression=how)
 
 
 def z_tensor(z: np.ndarray, datatype: str = "FP32", name: str = "z") -> tgrpc.InferInput:
@@ -102,11 +104,21 @@ def good_call(server: Running) -> None:
     good_request(server)
 
 
-@pytest.mark.parametrize("named", [True, False])
-def test_decoder_raw_is_the_runtime(running: Running, graphs: dict[str, Any], named: bool) -> None:
+@pytest.mark.parametrize(
+    ("named", "compression"), [(True, None), (False, None), (True, "gzip"), (False, "deflate")]
+)
+def test_decoder_raw_is_the_runtime(
+    running: Running, graphs: dict[str, Any], named: bool, compression: str | None
+) -> None:
     z = sample_latents(25, LATENT, 11, temperature=1.5)
     outputs = [tgrpc.InferRequestedOutput("image")] if named else None
-    result = client(running).infer("decoder", [z_tensor(z)], outputs=outputs, request_id="r1")
+    result = client(running).infer(
+        "decoder",
+        [z_tensor(z)],
+        outputs=outputs,
+        request_id="r1",
+        compression_algorithm=compression,
+    )
     images = result.as_numpy("image")
     assert images.dtype == np.float32 and images.shape == (25, 1, 28, 28)
     assert images.tobytes() == graphs["decoder"].decode(z).tobytes()
@@ -335,6 +347,8 @@ _BAD_STUB: list[tuple[str, Any, grpc.StatusCode, str]] = [
      "model 'decoder' has no version '2' (versions: 1)"),
     ("message over the body cap", _raw(Z1, b"\0" * ((MAX_BODY_MB << 20) + 1)),
      grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),
+    ("gzip message inflating past the body cap", _raw(Z1, b"\0" * (4 * MAX_BODY_MB << 20)),
+     grpc.StatusCode.RESOURCE_EXHAUSTED, "Decompressed message larger than max"),
 ]  # fmt: skip
 
 
@@ -343,7 +357,7 @@ def test_bad_message_then_good(
     running: Running, case: str, message: Any, code: grpc.StatusCode, text: str
 ) -> None:
     with pytest.raises(grpc.RpcError) as info:
-        stub_call(running, "ModelInfer", message)
+        stub_call(running, "ModelInfer", message, gzip="gzip" in case)
     error: Any = info.value
     assert error.code() == code, case
     assert text in error.details() and "\n" not in error.details(), case
