@@ -219,7 +219,7 @@ def test_serve_quiet_prints_nothing(
 ) -> None:
     seen: dict[str, Any] = {}
 
-    def fake_uvicorn(config: Any, listen: Any, models: Any, sock: socket.socket) -> str:
+    def fake_uvicorn(config: Any, listen: Any, models: Any, sock: socket.socket, *rest: Any) -> str:
         seen["level"] = listen.log_level
         sock.close()
         return "stopped by SIGTERM"
