@@ -23,9 +23,12 @@ from vae_export.precision import (
     measure,
     parse_graph_precisions,
 )
+from vae_runtime import Scorer
 from vae_runtime import contract as C
 from vae_runtime.errors import InvalidArgumentError
+from vae_runtime.idx import IMAGES_MAGIC, read_idx
 from vae_runtime.session import Decoder, Encoder
+from vae_train.data import TEST_IMAGES, find_images
 
 ALL = ",".join(C.PRECISIONS)
 
@@ -181,3 +184,23 @@ def test_the_quantizers_temporary_file_fails_in_the_users_words(
     line = expect_error(result, 1, re.escape(f"{out / 'encoder.int8.onnx'}: "))
     assert "Not a directory" in line and str(not_a_folder) not in line
     assert not out.exists()
+
+
+def test_every_precision_scores_with_its_logits_near_fp32(
+    every_precision: ExportResult, mnist_dir: Path
+) -> None:
+    """The int8 and fp16 decoders keep the float32 logits output: each pair scores, against the
+    one reference the export made with the fp32 graphs."""
+    out = every_precision.manifest_path.parent
+    test_file = find_images(mnist_dir, TEST_IMAGES)
+    assert test_file is not None
+    images = read_idx(test_file, IMAGES_MAGIC, limit=64)
+    scores = {}
+    for p in C.PRECISIONS:
+        scorer = Scorer.load(out, precision=p)
+        assert scorer.decoder.has_logits
+        assert scorer.reference == every_precision.manifest.score_reference
+        scores[p] = scorer.score(images, k=8, seed=0).iwae
+    for p, limit in (("fp16", 0.05), ("int8", 1.0)):  # measured: 0.007 and 0.09 nats
+        gap = float(np.abs(scores[p] - scores["fp32"]).max())
+        assert gap <= limit, (p, gap)
