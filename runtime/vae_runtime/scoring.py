@@ -108,13 +108,11 @@ class Scorer:
             raise InvalidArgumentError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
             )
-        decoder = Decoder.load(
-            folder / graph_file("decoder", precision), threads=threads, providers=providers
-        )
+        # Sessions that do not spin between runs: the likelihood arithmetic runs in between.
+        options: dict[str, Any] = {"threads": threads, "providers": providers, "spinning": False}
+        decoder = Decoder.load(folder / graph_file("decoder", precision), **options)
         decoder.require_logits()  # before loading the encoder: the likelier problem first
-        encoder = Encoder.load(
-            folder / graph_file("encoder", precision), threads=threads, providers=providers
-        )
+        encoder = Encoder.load(folder / graph_file("encoder", precision), **options)
         manifest_path = folder / MANIFEST_FILE
         manifest = Manifest.load(manifest_path) if manifest_path.is_file() else None
         reference = manifest.score_reference if manifest else None

@@ -66,9 +66,11 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
+def session_options(threads: int | None = None, *, spinning: bool = True) -> ort.SessionOptions:
     """The options every mnist-vae session runs with (export verification included): all graph
-    optimisations, sequential, `threads` intra-op threads (1..cpu_count(), default: all)."""
+    optimisations, sequential, `threads` intra-op threads (1..cpu_count(), default: all).
+    `spinning` False stops the threads spinning between runs, for callers that do numpy work
+    of their own between runs (the Scorer): spinning threads would take its cores."""
     if threads is not None:
         check_int("threads", threads, 1, cpu_count())
     options = ort.SessionOptions()
@@ -79,6 +81,8 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     options.intra_op_num_threads = threads or cpu_count()
     options.log_severity_level = 3  # errors only: warnings would break the one-line contract
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # The process-wide logger too: onnxruntime logs through it before a session's own logger
     # exists (environment set-up, device discovery), and its warnings are not the user's to read.
     ort.set_default_logger_severity(3)
@@ -187,12 +191,14 @@ class _Graph:
         *,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        spinning: bool = True,
     ) -> Self:
         """Load `path` and check it against the contract. `providers`: onnxruntime execution
-        providers (default CPU); `threads`: intra-op threads (default: one per available core).
-        Raises ModelFileError for a wrong, foreign, corrupt or modified file."""
+        providers (default CPU); `threads`: intra-op threads (default: one per available core);
+        `spinning`: see `session_options`. Raises ModelFileError for a wrong, foreign, corrupt
+        or modified file."""
         path = check_path("graph path", path)
-        options = session_options(threads)
+        options = session_options(threads, spinning=spinning)
         chosen = check_providers(providers)
         data, manifest = _read_graph(path)
         try:

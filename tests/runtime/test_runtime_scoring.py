@@ -284,3 +284,11 @@ def test_one_image_of_28_by_28_is_a_batch_of_one(scorer: Scorer, images: np.ndar
     _equal(one, scorer.score(images[3:4], k=4, seed=1, start=3))
     float_images = images.astype(np.float64).reshape(-1, 1, 28, 28) / 255.0
     _equal(scorer.score(float_images, k=4), scorer.score(images, k=4))
+
+
+def test_loaded_sessions_do_not_spin_between_runs(scorer: Scorer) -> None:
+    """The likelihood arithmetic runs between the decoder's runs: spinning threads would take
+    its cores."""
+    for graph in (scorer.encoder, scorer.decoder):
+        options = graph._session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

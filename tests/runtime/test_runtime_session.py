@@ -339,3 +339,12 @@ def test_logits_of_the_wrong_shape_are_refused(tmp_path: Path) -> None:
     onnx.save(model, tmp_path / "bad.onnx")
     with pytest.raises(ModelFileError, match=r"output 'logits' has shape \[batch, 784\]"):
         Decoder.load(tmp_path / "bad.onnx")
+
+
+def test_sessions_spin_between_runs_unless_asked_not_to(graphs: dict[str, Path]) -> None:
+    key = "session.intra_op.allow_spinning"
+    quiet = Decoder.load(graphs["decoder"], spinning=False)._session.get_session_options()
+    assert quiet.get_session_config_entry(key) == "0"
+    default = Decoder.load(graphs["decoder"])._session.get_session_options()
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        default.get_session_config_entry(key)  # onnxruntime's default: threads spin
