@@ -2,14 +2,15 @@
 
     python bench/serve_peers.py [--model model.pt] [--onnx-dir out/] [--pairs 5]
                                 [--requests 1000] [--seconds 2] [--kserve-venv DIR]
-                                [--skip kserve,stack,reference] [--grpc] [--swap]
+                                [--skip kserve,stack,reference] [--grpc] [--swap] [--quick]
 
 Peers of vae-serve on the same decoder.onnx (docs/benchmarks.md says more): KServe's own
 `ModelServer` (bench/kserve_peer.py, installed here into a venv of its own, never in mnist-vae's
 extras; batch {1, 25} x {binary, JSON} x concurrency {1, 8}, target >= 1.5x and a lower p99),
 vae-serve itself on h11/asyncio (VAE_SERVE_HTTP=h11), the FastAPI+torch reference of
 serve_speed.py (binary batch 1, c=1, target >= 3x); --grpc: gRPC beside HTTP; --swap: latency
-during a model swap. Every server is checked through tritonclient.http against Decoder.decode;
+during a model swap against quiet (bench/serve_swap.py); --quick: seconds, to check the script
+(--grpc, --swap only). Every server is checked through tritonclient.http against Decoder.decode;
 both sides of a pair get the same tritonclient-made bodies through serve_speed.py's load client.
 Per cell: the median of the pairs' ratios (bench/measure.py) with min-max, for requests/s (the
 peer's seconds per request over vae-serve's) and p99 (the peer's over vae-serve's).
@@ -28,7 +29,7 @@ import tempfile
 import time
 import venv
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -324,11 +325,21 @@ def triton_sampler(
     return sample, cells
 
 
-def swap_rows(onnx_dir: Path, latent: int, args: argparse.Namespace) -> list[Row]:
-    """Latency while a re-export is swapped in, against a quiet period."""
-    raise NotAvailable(
-        "latency during a model swap: vae-serve --model-control is not available in this build"
-    )
+def swap_rows(
+    onnx_dir: Path,
+    model: Path,
+    work: Path,
+    latent: int,
+    extra: Sequence[str],
+    args: argparse.Namespace,
+) -> bool:
+    """Latency while a re-export is swapped in, against a quiet period (bench/serve_swap.py)."""
+    from serve_swap import swap_report
+
+    def serve(folder: Path, *options: str) -> AbstractContextManager[Server]:
+        return running(lambda: start_vae_serve(folder, *extra, *options))
+
+    return swap_report(onnx_dir, model, work, latent, serve, args)
 
 
 def has_option(option: str) -> bool:
@@ -350,7 +361,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--swap", action="store_true", help="latency during a model swap")
     parser.add_argument("--serve-args", default="", help="extra vae-serve options")
+    parser.add_argument(
+        "--quick", action="store_true", help="seconds, to check the script: --grpc/--swap only"
+    )
     args = parser.parse_args(argv)
+    if args.quick:  # not a measurement: 5 short pairs, no KServe, h11 or reference columns
+        args.pairs, args.seconds, args.requests = 5, 1.0, 300
+        args.skip = "kserve,stack,reference"
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     print_machine("vae-serve against its peers")
     extra = shlex.split(args.serve_args)
@@ -419,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     None,
                 )
         if args.swap:
-            report("during a swap / quiet:", swap_rows(onnx_dir, latent, args), None)
+            ok &= swap_rows(onnx_dir, model, Path(tmp), latent, extra, args)
     print(f"\nall targets met: {ok}")
     return 0 if ok else 1
 
