@@ -144,7 +144,7 @@ def export_checkpoint(
         say(report.table())
         if not report.passed:
             raise VerificationError(report.failure_message() + f"; nothing written to {out}")
-        score_reference = _score_reference(reference, images, images_file, say)
+        score_reference = _score_reference(fp32, images, images_file, say)
         entries: dict[str, C.FileEntry] = {}
         if "fp32" in precisions:
             entries = {C.graph_file(r): C.FileEntry.of(b, r) for r, b in blobs.items()}
@@ -222,16 +222,20 @@ def _reference_images(images_file: Path | None, model: VAE, limit: int) -> tuple
 
 
 def _score_reference(
-    pair: tuple[Encoder, Decoder],
+    fp32: dict[str, Path],
     images: np.ndarray,
     images_file: Path | None,
     say: Callable[[str], None],
 ) -> C.ScoreReference:
     """The distribution of the IWAE bound (REFERENCE_K draws, seed REFERENCE_SEED) over
     `images` (the test set, else the decoded samples), scored by the runtime's Scorer on the
-    verified fp32 graphs as staged: what every consumer reads a percentile from."""
+    verified fp32 graphs as staged (`fp32`: their paths by role): what every consumer reads a
+    percentile from."""
     started = time.perf_counter()
-    scores = Scorer(*pair).score(images, k=REFERENCE_K, seed=REFERENCE_SEED)
+    # Loaded as Scorer.load loads them (sessions that do not spin between runs)
+    encoder = Encoder.load(fp32["encoder"], spinning=False)
+    decoder = Decoder.load(fp32["decoder"], spinning=False)
+    scores = Scorer(encoder, decoder).score(images, k=REFERENCE_K, seed=REFERENCE_SEED)
     if images_file is None:
         where = "the model's own decoded samples (no data folder given)"
     else:
