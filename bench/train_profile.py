@@ -4,11 +4,13 @@
     VAE_DATA_DIR=/path/to/mnist python bench/train_profile.py --batches 200
 
 Runs vae-train's own epoch loop (`training._Run._train_epoch`, batch 128, the seed model
-784-400-20) over `--batches` batches under `torch.profiler`, once per precision, and prints each
-kind of work's share of the CPU self time: matmuls (mm, addmm), element-wise work, the loss,
-Adam, the gather, the casts (copy_/to). It then times a batch-128 matmul of each shape the step
-uses in fp32 and bf16 in isolation, and works out the ceiling Amdahl's law allows bf16 matmuls:
+784-400-20) over `--batches` batches under `torch.profiler`: fp32 and bf16 (autocast), taking
+turns `--rounds` times, each keeping its median pass. It prints
+each kind of work's share of the CPU self time: matmuls (mm, addmm), element-wise work, the
+loss, Adam, the gather, the casts (copy_/to). It then times the step's 14 matmuls in fp32 and
+bf16 in isolation (alternating) and works out the ceiling Amdahl's law allows bf16 matmuls:
 1 / ((1 - m) + m / s), m the matmul share of the fp32 step and s the bf16 matmul speed-up.
+Last, training passes in alternating pairs (bench/measure.py): bf16 against fp32.
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ import os
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from measure import alternate_samples
 from torch.profiler import ProfilerActivity, profile
 
 from vae_train import training
 from vae_train.data import MnistImages, load_mnist
-from vae_train.device import Progress
+from vae_train.device import Progress, flush_denormals
 from vae_train.model import VAEConfig
 from vae_train.training import TrainSettings
 
@@ -74,14 +78,10 @@ def synthetic(n_train: int, n_test: int = 1000, seed: int = 0) -> MnistImages:
     return MnistImages(make(n_train), make(n_test), "synthetic")
 
 
-def breakdown(data: MnistImages, precision: str, batch: int) -> tuple[dict[str, float], float]:
-    """Self CPU time (s) of each kind of work over one pass of `data`, and the wall time."""
-    run = training._Run(
-        TrainSettings(epochs=2, batch_size=batch, device="cpu", compute_dtype=precision),
-        VAEConfig(),
-        torch.device("cpu"),
-        data,
-    )
+def breakdown(data: MnistImages, variant: str) -> tuple[dict[str, float], float]:
+    """Self CPU time (s) of each kind of work over one pass of `data`, and the wall time;
+    `variant` is fp32 or bf16."""
+    run = _make_run(data, variant)
     quiet = Progress(enabled=False)
     run._train_epoch(1, quiet, Path("model.pt"))  # warm-up: oneDNN's kernels, the allocator
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -122,11 +122,41 @@ def matmul_speedup(batch: int, rounds: int = 50, tries: int = 7) -> tuple[float,
     )
 
 
+def _make_run(data: MnistImages, precision: str) -> training._Run:
+    settings = TrainSettings(epochs=10_000, device="cpu", compute_dtype=precision)
+    return training._Run(settings, VAEConfig(), torch.device("cpu"), data)
+
+
+def _epoch_sampler(data: MnistImages, precision: str) -> Any:
+    """One more training pass of a run per call; returns its seconds."""
+    run = _make_run(data, precision)
+    quiet, path = Progress(enabled=False), Path("model.pt")
+
+    def sample() -> float:
+        start = time.perf_counter()
+        run.epoch += 1
+        with flush_denormals():
+            run._train_epoch(run.epoch, quiet, path)
+        return time.perf_counter() - start
+
+    return sample
+
+
+def compare(data: MnistImages, pairs: int) -> None:
+    """Training passes, bf16 against fp32, in alternating pairs (bench/measure.py)."""
+    result = alternate_samples(
+        _epoch_sampler(data, "bf16"), _epoch_sampler(data, "fp32"), pairs=pairs
+    )
+    print(f"\ntraining pass, batch 128: bf16 is {result.ratio.show(2, 'x')} fp32")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("VAE_DATA_DIR"))
     parser.add_argument("--batches", type=int, default=100, help="batches per profiled pass")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--pairs", type=int, default=7, help="alternating pairs of the ratios")
+    parser.add_argument("--rounds", type=int, default=3, help="profiled passes of each variant")
     args = parser.parse_args()
     n = args.batches * args.batch_size
     if args.data_dir:
@@ -139,32 +169,43 @@ def main() -> None:
         f"{torch.get_num_threads()} threads"
     )
     shares = {}
-    print("\n| work | fp32 (ms/step) | fp32 share | bf16 (ms/step) | bf16 share |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    results = {p: breakdown(data, p, args.batch_size) for p in ("fp32", "bf16")}
-    totals = {p: sum(k.values()) for p, (k, _) in results.items()}
+    variants = ("fp32", "bf16")
+    print("\n| work (ms per step, share) | fp32 | bf16 (autocast) |")
+    print("| --- | ---: | ---: |")
+    # The machine's load drifts: the variants take turns, and each keeps its median pass.
+    passes: dict[str, list[tuple[dict[str, float], float]]] = {v: [] for v in variants}
+    for _ in range(args.rounds):
+        for v in variants:
+            passes[v].append(breakdown(data, v))
+    results = {
+        v: sorted(p, key=lambda r: sum(r[0].values()))[len(p) // 2] for v, p in passes.items()
+    }
+    totals = {v: sum(k.values()) for v, (k, _) in results.items()}
     for kind in ORDER:
         row = []
-        for p in ("fp32", "bf16"):
-            seconds = results[p][0].get(kind, 0.0)
-            row += [f"{seconds / args.batches * 1e3:.3f}", f"{seconds / totals[p]:.0%}"]
-            shares[p, kind] = seconds / totals[p]
+        for v in variants:
+            seconds = results[v][0].get(kind, 0.0)
+            row.append(f"{seconds / args.batches * 1e3:.3f} ({seconds / totals[v]:.0%})")
+            shares[v, kind] = seconds / totals[v]
         print(f"| {kind} | " + " | ".join(row) + " |")
-    walls = {p: results[p][1] / args.batches * 1e3 for p in ("fp32", "bf16")}
+    walls = {v: results[v][1] / args.batches * 1e3 for v in variants}
     print(
-        f"| total (profiled self time) | {totals['fp32'] / args.batches * 1e3:.3f} | | "
-        f"{totals['bf16'] / args.batches * 1e3:.3f} | |"
+        "| total (profiled self time) | "
+        + " | ".join(f"{totals[v] / args.batches * 1e3:.3f}" for v in variants)
+        + " |"
     )
-    print(f"| wall, under the profiler | {walls['fp32']:.3f} | | {walls['bf16']:.3f} | |")
+    print("| wall, under the profiler | " + " | ".join(f"{walls[v]:.3f}" for v in variants) + " |")
     fp32, bf16, s = matmul_speedup(args.batch_size)
     m = shares["fp32", "matmul"]
     ceiling = 1 / ((1 - m) + m / s)
     print(
         f"\nthe step's 14 matmuls alone: fp32 {fp32 * 1e3:.3f} ms, bf16 {bf16 * 1e3:.3f} ms "
         f"({s:.2f}x); matmul share of the fp32 step {m:.0%}; ceiling 1 / ((1 - {m:.2f}) + "
-        f"{m:.2f} / {s:.2f}) = {ceiling:.2f}x; measured under the profiler "
-        f"{walls['fp32'] / walls['bf16']:.2f}x"
+        f"{m:.2f} / {s:.2f}) = {ceiling:.2f}x; under the profiler (not a "
+        f"measurement) bf16 was {walls['fp32'] / walls['bf16']:.2f}x fp32"
     )
+
+    compare(data, args.pairs)
 
 
 if __name__ == "__main__":

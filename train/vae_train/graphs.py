@@ -51,11 +51,9 @@ class TrainStep:
         optimizer: Adam,
         batch_size: int,
         sums: torch.Tensor,
-        after_step: Callable[[], None] | None = None,
     ) -> None:
         self.loss_fn, self.optimizer, self.batch_size = loss_fn, optimizer, batch_size
         self.sums = sums  # (2,) float64 (float32 on mps), on the device
-        self.after_step = after_step
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_x: torch.Tensor | None = None
         self.static_eps: torch.Tensor | None = None
@@ -83,16 +81,12 @@ class TrainStep:
         self.optimizer.zero_grad()
         (bce + kl).backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
-        if self.after_step is not None:
-            self.after_step()
         self.sums[0] += bce.detach()
         self.sums[1] += kl.detach()
 
 
 @contextmanager
-def preserved(
-    optimizer: Adam, sums: torch.Tensor, after_step: Callable[[], None] | None = None
-) -> Iterator[None]:
+def preserved(optimizer: Adam, sums: torch.Tensor) -> Iterator[None]:
     """Steps taken inside (capture's warm-up) leave no trace: the weights, Adam's state (a
     moment made inside is zeroed, with its step count: what a first step makes afresh) and
     `sums` are put back in place, in the same tensors (a recorded graph keeps their addresses)."""
@@ -111,8 +105,6 @@ def preserved(
                 else:
                     v.zero_()
         sums.copy_(saved_sums)
-    if after_step is not None:
-        after_step()
 
 
 def check_static(static: torch.Tensor, given: torch.Tensor) -> None:
@@ -133,16 +125,15 @@ def capture_step(
     *,
     binarize: bool = False,
     compute_dtype: str = "fp32",
-    after_step: Callable[[], None] | None = None,
 ) -> TrainStep:
     """The training step for batches shaped as `x` (uint8 (B, 784)) and `eps` (B, latent_dim):
     recorded into a CUDA graph when `graph_missing` allows it, else eager. Recording leaves the
     weights, Adam's state and `sums` as they were (its warm-up steps are undone)."""
-    step = TrainStep(loss_fn, optimizer, x.shape[0], sums, after_step)
+    step = TrainStep(loss_fn, optimizer, x.shape[0], sums)
     if graph_missing(x.device, binarize, compute_dtype):
         return step
     step.static_x, step.static_eps = x.clone(), eps.clone()
-    with preserved(optimizer, sums, after_step):
+    with preserved(optimizer, sums):
         side = torch.cuda.Stream(x.device)  # type: ignore[no-untyped-call]
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):

@@ -8,8 +8,9 @@ order, reparameterisation noise) whose states travel in the checkpoint, so 2 epo
 3 more is bit for bit 5 epochs straight.
 
 Compute dtype (vae-train --precision): fp32 by default (bit-reproducible); `bf16` runs the
-matmuls in bfloat16 from copies of the weights made once per step (mixed.py) while the weights,
-Adam's state, the loss and the checkpoint stay float32, and only where the device has bf16
+matmuls under `torch.autocast` in bfloat16 (each weight cast once per step: autocast caches the
+casts of a forward pass) while the weights, Adam's state, the loss and the checkpoint stay
+float32, and only where the device has bf16
 arithmetic (`device.require_compute_dtype`).
 
 Nothing is lost: every output is checked before the data is read, and after each finished epoch
@@ -69,7 +70,6 @@ from .device import (
     select_device,
 )
 from .graphs import TrainStep, capture_step
-from .mixed import Bf16Weights
 from .model import VAE, VAEConfig, loss_terms
 
 MODEL_FILE = "model.pt"
@@ -388,17 +388,14 @@ class _Run:
 
     def _train_epoch(self, epoch: int, progress: Progress, path: Path) -> tuple[float, float]:
         """One pass over the training set; returns mean BCE and KL per image (nats)."""
-        model = self.model.train()
+        self.model.train()
         n = self.train_images.shape[0]
         label = f"epoch {epoch}/{self.settings.epochs}"
         order = torch.randperm(n, generator=self.shuffle_gen).to(self.device)
         # All of the epoch's noise in one draw, (N, latent_dim); row i belongs to position i.
         eps = torch.randn(n, self.config.latent_dim, generator=self.noise_gen).to(self.device)
         shuffled = self.train_images.index_select(0, order)  # (N, 784) uint8, one gather
-        if self.settings.compute_dtype == "bf16":  # bf16 copies of the weights, one per step
-            with Bf16Weights(model) as copies:
-                return self._batches(shuffled, eps, progress, label, path, epoch, copies.refresh)
-        return self._batches(shuffled, eps, progress, label, path, epoch, None)
+        return self._batches(shuffled, eps, progress, label, path, epoch)
 
     def _batches(
         self,
@@ -408,13 +405,12 @@ class _Run:
         label: str,
         path: Path,
         epoch: int,
-        refresh: Callable[[], None] | None,
     ) -> tuple[float, float]:
-        """The epoch's steps over `shuffled`; `refresh` (bf16) renews the weights' copies."""
+        """The epoch's steps over `shuffled`, in batches; returns mean BCE and KL per image."""
         bs = self.settings.batch_size
         n = shuffled.shape[0]
         n_batches = math.ceil(n / bs)
-        step = self._step_for(shuffled[:bs], eps[:bs], refresh)
+        step = self._step_for(shuffled[:bs], eps[:bs])
         sums = step.sums
         sums.zero_()
         # Each read of the running loss waits for the device: on a GPU, a few per epoch
@@ -428,9 +424,7 @@ class _Run:
                 progress.update(label, b + 1, n_batches, loss)
         return float(sums[0]) / n, float(sums[1]) / n
 
-    def _step_for(
-        self, x: torch.Tensor, eps: torch.Tensor, refresh: Callable[[], None] | None
-    ) -> TrainStep:
+    def _step_for(self, x: torch.Tensor, eps: torch.Tensor) -> TrainStep:
         """The training step (graphs.capture_step): recorded once per run where CUDA graphs
         are used, eager (and rebuilt each epoch, at no cost) elsewhere."""
         if self._step is not None:
@@ -446,7 +440,6 @@ class _Run:
             sums,
             binarize=self.settings.binarize,
             compute_dtype=self.settings.compute_dtype,
-            after_step=refresh,
         )
         if step.graph is not None:
             self._step = step
@@ -458,9 +451,12 @@ class _Run:
         if self.settings.binarize:  # dynamic binarisation, from the run's noise generator
             u = torch.rand(x.shape, generator=self.noise_gen).to(self.device)
             x = torch.lt(u, x).float()
-        logits, mu, logvar = self.model(x, eps)
-        if self.settings.compute_dtype == "bf16":  # bf16 out of the layers; the loss in float32
-            logits, mu, logvar = logits.float(), mu.float(), logvar.float()
+        if self.settings.compute_dtype == "bf16":  # the matmuls in bf16; the loss in float32
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                out = self.model(x, eps)
+            logits, mu, logvar = (t.float() for t in out)
+        else:
+            logits, mu, logvar = self.model(x, eps)
         return loss_terms(logits, x, mu, logvar)
 
     @torch.inference_mode()
