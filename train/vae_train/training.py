@@ -3,9 +3,10 @@
 Speed comes from doing no per-image Python work: the training images sit in one uint8 tensor
 (N, 784) on the device; each epoch gathers them once in shuffled order, and a batch is a
 contiguous slice converted to float on the fly; gradients come from autograd (the model is
-written once, in model.py). Reproducibility comes from two explicit CPU generators (shuffle
-order, reparameterisation noise) whose states travel in the checkpoint, so 2 epochs + resume for
-3 more is bit for bit 5 epochs straight.
+written once, in model.py); the step itself sits behind graphs.capture_step, which records it
+into a CUDA graph on a GPU and runs it eagerly elsewhere. Reproducibility comes from two
+explicit CPU generators (shuffle order, reparameterisation noise) whose states travel in the
+checkpoint, so 2 epochs + resume for 3 more is bit for bit 5 epochs straight.
 
 Compute dtype (vae-train --precision): fp32 by default (bit-reproducible); `bf16` runs the
 matmuls under `torch.autocast` in bfloat16 (each weight cast once per step: autocast caches the
