@@ -22,8 +22,8 @@ from typing import Any
 
 import onnx
 
+import vae_runtime.triton_config as triton_config
 from vae_runtime import contract as C
-from vae_runtime import triton_config
 from vae_runtime.fileio import Outputs
 
 PLATFORM = triton_config.PLATFORM
