@@ -66,7 +66,8 @@ BENCH_DATA := $(if $(VAE_DATA_DIR),--data-dir $(VAE_DATA_DIR))
 bench: install
 	@test -f $(OUT)/model.pt -a -f $(OUT)/decoder.onnx || { echo "make bench: run make demo first (it writes $(OUT)/)"; exit 2; }
 	$(BIN)/python bench/measure.py
-	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/train_speed.py $(BENCH_Q)
+	$(BIN)/python bench/train_profile.py $(BENCH_Q)
 	$(if $(VAE_DATA_DIR),$(BIN)/python bench/train_threads.py --all $(BENCH_Q),@echo "== train_threads.py skipped: set VAE_DATA_DIR")
 	$(if $(VAE_DATA_DIR),$(BIN)/python bench/commands.py $(BENCH_Q),@echo "== commands.py skipped: set VAE_DATA_DIR")
 	$(BIN)/python bench/generate_speed.py --model $(OUT)/model.pt --decoder $(OUT)/decoder.onnx $(BENCH_Q)

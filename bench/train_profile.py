@@ -157,7 +157,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--pairs", type=int, default=7, help="alternating pairs of the ratios")
     parser.add_argument("--rounds", type=int, default=3, help="profiled passes of each variant")
+    parser.add_argument(
+        "--quick", action="store_true", help="a check in seconds: 20 batches, 1 round, 5 pairs"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.batches, args.rounds, args.pairs = 20, 1, 5
     n = args.batches * args.batch_size
     if args.data_dir:
         full = load_mnist(args.data_dir)
