@@ -108,10 +108,11 @@ def train_command(
     ),
     precision: str = typer.Option(
         "fp32",
-        help="fp32 (bit-reproducible) or bf16: matmuls in bfloat16 from weight copies made once "
-        "per step, weights, Adam's state, loss and checkpoint in float32. On a CPU with "
-        "AVX512-BF16/AMX it buys at most what the matmuls' share allows (docs/vae-train.md: "
-        "Speed); refused elsewhere and on GPUs (launch-bound: no gain).",
+        help="fp32 (bit-reproducible) or bf16: matmuls in bfloat16 (autocast), weights, Adam's "
+        "state, loss and checkpoint in float32. On a CPU with AVX512-BF16/AMX it buys ~1.5x per "
+        "training pass (less per epoch: evaluation stays fp32), at most ~2x (the matmuls' share; "
+        "docs/vae-train.md: Speed); refused "
+        "elsewhere and on GPUs (launch-bound: no gain).",
     ),
     binarize: bool = typer.Option(
         False,
