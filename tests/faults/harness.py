@@ -187,6 +187,9 @@ def loaded_tree(stored: Mapping[str, str], store: Path) -> Tree:
 # plugins when an image is first opened or saved.
 _EAGER = ("numpy.random", "torch", "torch._dynamo", "onnx", "onnxscript", "onnxruntime")
 _EVERY_SUBMODULE = ("typer", "vae_runtime", "vae_train", "vae_export")
+# torch loads these lazily while it reads a checkpoint or exports a graph; where one of their
+# submodules cannot import here (an optional dependency), the command would not need it either.
+_TORCH_LAZY = ("torch.utils.serialization", "torch.onnx", "torch.export", "onnxscript")
 
 
 def import_everything_a_command_needs() -> None:
@@ -198,6 +201,17 @@ def import_everything_a_command_needs() -> None:
         for info in pkgutil.walk_packages(package.__path__, f"{name}."):
             if not info.name.endswith(("__main__", "_winconsole")):  # a CLI, Windows only
                 importlib.import_module(info.name)
+    for name in _TORCH_LAZY:
+        package = importlib.import_module(name)
+        paths = getattr(package, "__path__", [])
+        for info in pkgutil.walk_packages(paths, f"{name}.", onerror=lambda _: None):
+            parts = info.name.split(".")
+            if parts[-1] == "__main__" or any(p.startswith("test") for p in parts):
+                continue
+            try:
+                importlib.import_module(info.name)
+            except (Exception, SystemExit):  # optional parts: no command needs them either
+                continue
     for entry in ENTRIES.values():
         importlib.import_module(entry.partition(":")[0])
     from PIL import Image
