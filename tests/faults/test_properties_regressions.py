@@ -287,6 +287,20 @@ ADAM_DAMAGE: dict[str, Callable[[dict[str, Any]], None]] = {
 }
 
 
+def _resume_is_refused(kit: Kit, payload: dict[str, Any]) -> None:
+    """`vae-train --resume` of a model.pt holding `payload` fails in one line (exit 1 or 2),
+    touching nothing but what a resumed run may write."""
+    root, work = make_case(kit)
+    try:
+        torch.save(payload, work / "model.pt")
+        allowed = effects(root, work, [f"run2/{n}" for n in TRAIN_OUTPUTS], ["model.pt"])
+        before = tree(root)
+        result = run_cli(kit, train_cli.app, "vae-train", resume_args(kit), work)
+        check_cli(result, "vae-train", before, tree(root), allowed, codes=(1, 2))
+    finally:
+        shutil.rmtree(root)
+
+
 @pytest.mark.parametrize("damage", sorted(ADAM_DAMAGE))
 def test_regression_resume_adam_state(kit: Kit, damage: str) -> None:
     """model.pt whose optimizer state lacks a moment, or whose param_groups hold a bad lr,
@@ -295,15 +309,7 @@ def test_regression_resume_adam_state(kit: Kit, damage: str) -> None:
     TypeError/ValueError/RuntimeError from torch)."""
     payload = copy.deepcopy(kit.payload)
     ADAM_DAMAGE[damage](payload["optimizer"])
-    root, work = make_case(kit)
-    try:
-        torch.save(payload, work / "model.pt")
-        allowed = effects(root, work, [f"run2/{n}" for n in TRAIN_OUTPUTS], ["model.pt"])
-        before = tree(root)
-        result = run_cli(kit, train_cli.app, "vae-train", resume_args(kit), work)
-        check_cli(result, "vae-train", before, tree(root), allowed, codes=(1, 2))
-    finally:
-        shutil.rmtree(root)
+    _resume_is_refused(kit, payload)
 
 
 @pytest.mark.parametrize("key", ["lr", "batch_size", "seed"])
@@ -312,12 +318,4 @@ def test_regression_resume_with_tensor_setting(kit: Kit, key: str) -> None:
     error (RuntimeError: Boolean value of Tensor with more than one value is ambiguous)"."""
     payload = copy.deepcopy(kit.payload)
     payload["run"][key] = torch.zeros(3)
-    root, work = make_case(kit)
-    try:
-        torch.save(payload, work / "model.pt")
-        allowed = effects(root, work, [f"run2/{n}" for n in TRAIN_OUTPUTS], ["model.pt"])
-        before = tree(root)
-        result = run_cli(kit, train_cli.app, "vae-train", resume_args(kit), work)
-        check_cli(result, "vae-train", before, tree(root), allowed, codes=(1, 2))
-    finally:
-        shutil.rmtree(root)
+    _resume_is_refused(kit, payload)
