@@ -1,16 +1,18 @@
-"""Profile: where one vae-train step's time goes at fp32 and bf16 (torch.profiler), by kind of work.
+"""Profile: where one vae-train step's time goes (torch.profiler), by kind of work.
 
     python bench/train_profile.py                 (synthetic MNIST-shaped data)
     VAE_DATA_DIR=/path/to/mnist python bench/train_profile.py --batches 200
 
 Runs vae-train's own epoch loop (`training._Run._train_epoch`, batch 128, the seed model
-784-400-20) over `--batches` batches under `torch.profiler`: fp32 and bf16 (autocast), taking
-turns `--rounds` times, each keeping its median pass. It prints
-each kind of work's share of the CPU self time: matmuls (mm, addmm), element-wise work, the
-loss, Adam, the gather, the casts (copy_/to). It then times the step's 14 matmuls in fp32 and
-bf16 in isolation (alternating) and works out the ceiling Amdahl's law allows bf16 matmuls:
-1 / ((1 - m) + m / s), m the matmul share of the fp32 step and s the bf16 matmul speed-up.
-Last, training passes in alternating pairs (bench/measure.py): bf16 against fp32.
+784-400-20) over `--batches` batches under `torch.profiler`, in three variants taking turns
+`--rounds` times, each keeping its median pass: float32 through torch's BLAS (MKL;
+`VAE_ONEDNN=0`), float32 as vae-train runs it (OneDnnLinear for the large layers), and bf16
+(autocast). It prints each kind of work's share of the CPU self time: matmuls (mm, addmm,
+oneDNN's linear), element-wise work, the loss, Adam, the gather, the casts (copy_/to). It then
+times the step's 14 matmuls of each variant in isolation and works out the ceiling Amdahl's law
+allows faster matmuls alone: 1 / ((1 - m) + m / s), m the matmul share of the slower step and s
+the matmul speed-up. Last, training passes in alternating pairs (bench/measure.py): fp32
+against fp32 through MKL, and bf16 against fp32.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,7 @@ KINDS = {
     "aten::mm": "matmul",
     "aten::addmm": "matmul",
     "aten::linear": "matmul",
+    "mkldnn::_linear_pointwise": "matmul",
     "aten::_fused_adam_": "adam",
     "aten::_foreach_add_": "adam",
     "aten::index_select": "gather",
@@ -90,41 +94,60 @@ def breakdown(data: MnistImages, variant: str) -> tuple[dict[str, float], float]
         wall = time.perf_counter() - start
     kinds: dict[str, float] = defaultdict(float)
     for event in prof.key_averages():
-        if event.key.startswith("aten::") or event.key.startswith("autograd::"):
+        if event.key.startswith(("aten::", "autograd::", "mkldnn::")):
             kinds[KINDS.get(event.key, "other")] += event.self_cpu_time_total / 1e6
     return dict(kinds), wall
 
 
-def matmul_speedup(batch: int, rounds: int = 50, tries: int = 7) -> tuple[float, float, float]:
+def _mm(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """a @ b the way `kind` computes it: torch.mm (MKL in float32, oneDNN in bf16), or
+    oneDNN's float32 linear as OneDnnLinear calls it (a @ b = linear(a, b.T))."""
+    if kind != "fp32":
+        return torch.mm
+    return lambda a, b: torch.ops.mkldnn._linear_pointwise(a, b.t(), None, "none", [], "")
+
+
+def matmul_speedup(batch: int, rounds: int = 50, tries: int = 7) -> dict[str, float]:
     """The matmuls of one step in isolation (forward x W^T for the five layers, backward g W
-    for four and g^T x for five), fp32 and bf16 alternating `tries` times: median seconds of
-    each, and the median of the pairs' ratios."""
+    for four and g^T x for five), each variant in turn, `tries` times: median seconds of each."""
     layers = [(784, 400), (400, 20), (400, 20), (20, 400), (400, 784)]
-    seconds: dict[torch.dtype, list[float]] = {torch.float32: [], torch.bfloat16: []}
+    seconds: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for _ in range(tries):
-        for dtype in seconds:
+        for variant in VARIANTS:
+            dtype = torch.bfloat16 if variant == "bf16" else torch.float32
+            big = variant == "fp32"  # OneDnnLinear where linear_layer puts it, MKL elsewhere
             xs = [torch.rand(batch, k, dtype=dtype) for k, _ in layers]
             ws = [torch.rand(n, k, dtype=dtype) for k, n in layers]
             gs = [torch.rand(batch, n, dtype=dtype) for _, n in layers]
+            mms = [_mm(variant if big and min(k, n) >= 64 else "mm") for k, n in layers]
             start = time.perf_counter()
             for _ in range(rounds):
-                for i, (x, w, g) in enumerate(zip(xs, ws, gs, strict=True)):
-                    torch.mm(x, w.t())
-                    torch.mm(g.t(), x)
+                for i, (x, w, g, mm) in enumerate(zip(xs, ws, gs, mms, strict=True)):
+                    mm(x, w.t())
+                    mm(g.t(), x)
                     if i:
-                        torch.mm(g, w)
-            seconds[dtype].append((time.perf_counter() - start) / rounds)
-    ratios = [a / b for a, b in zip(seconds[torch.float32], seconds[torch.bfloat16], strict=True)]
-    return (
-        float(np.median(seconds[torch.float32])),
-        float(np.median(seconds[torch.bfloat16])),
-        float(np.median(ratios)),
+                        mm(g, w)
+            seconds[variant].append((time.perf_counter() - start) / rounds)
+    return {v: float(np.median(s)) for v, s in seconds.items()}
+
+
+# fp32-mkl: float32 through torch's BLAS (VAE_ONEDNN=0); fp32: the default, OneDnnLinear
+VARIANTS = ("fp32-mkl", "fp32", "bf16")
+
+
+def _make_run(data: MnistImages, variant: str) -> training._Run:
+    settings = TrainSettings(
+        epochs=10_000, device="cpu", compute_dtype="bf16" if variant == "bf16" else "fp32"
     )
-
-
-def _make_run(data: MnistImages, precision: str) -> training._Run:
-    settings = TrainSettings(epochs=10_000, device="cpu", compute_dtype=precision)
-    return training._Run(settings, VAEConfig(), torch.device("cpu"), data)
+    saved = os.environ.get("VAE_ONEDNN")
+    os.environ["VAE_ONEDNN"] = "0" if variant == "fp32-mkl" else "1"
+    try:  # the layers are chosen when the run builds its model
+        return training._Run(settings, VAEConfig(), torch.device("cpu"), data)
+    finally:
+        if saved is None:
+            del os.environ["VAE_ONEDNN"]
+        else:
+            os.environ["VAE_ONEDNN"] = saved
 
 
 def _epoch_sampler(data: MnistImages, precision: str) -> Any:
@@ -143,11 +166,11 @@ def _epoch_sampler(data: MnistImages, precision: str) -> Any:
 
 
 def compare(data: MnistImages, pairs: int) -> None:
-    """Training passes, bf16 against fp32, in alternating pairs (bench/measure.py)."""
-    result = alternate_samples(
-        _epoch_sampler(data, "bf16"), _epoch_sampler(data, "fp32"), pairs=pairs
-    )
-    print(f"\ntraining pass, batch 128: bf16 is {result.ratio.show(2, 'x')} fp32")
+    """Training passes in alternating pairs (bench/measure.py): fp32 (oneDNN) against fp32
+    through MKL, and bf16 against fp32."""
+    for a, b in (("fp32", "fp32-mkl"), ("bf16", "fp32")):
+        result = alternate_samples(_epoch_sampler(data, a), _epoch_sampler(data, b), pairs=pairs)
+        print(f"training pass, batch 128: {a} is {result.ratio.show(2, 'x')} {b}")
 
 
 def main() -> None:
@@ -174,9 +197,9 @@ def main() -> None:
         f"{torch.get_num_threads()} threads"
     )
     shares = {}
-    variants = ("fp32", "bf16")
-    print("\n| work (ms per step, share) | fp32 | bf16 (autocast) |")
-    print("| --- | ---: | ---: |")
+    variants = VARIANTS
+    print("\n| work (ms per step, share) | fp32, MKL (VAE_ONEDNN=0) | fp32 | bf16 (autocast) |")
+    print("| --- | ---: | ---: | ---: |")
     # The machine's load drifts: the variants take turns, and each keeps its median pass.
     passes: dict[str, list[tuple[dict[str, float], float]]] = {v: [] for v in variants}
     for _ in range(args.rounds):
@@ -200,15 +223,21 @@ def main() -> None:
         + " |"
     )
     print("| wall, under the profiler | " + " | ".join(f"{walls[v]:.3f}" for v in variants) + " |")
-    fp32, bf16, s = matmul_speedup(args.batch_size)
-    m = shares["fp32", "matmul"]
-    ceiling = 1 / ((1 - m) + m / s)
+    mm = matmul_speedup(args.batch_size)
     print(
-        f"\nthe step's 14 matmuls alone: fp32 {fp32 * 1e3:.3f} ms, bf16 {bf16 * 1e3:.3f} ms "
-        f"({s:.2f}x); matmul share of the fp32 step {m:.0%}; ceiling 1 / ((1 - {m:.2f}) + "
-        f"{m:.2f} / {s:.2f}) = {ceiling:.2f}x; under the profiler (not a "
-        f"measurement) bf16 was {walls['fp32'] / walls['bf16']:.2f}x fp32"
+        "\nthe step's 14 matmuls alone: "
+        + ", ".join(f"{v} {mm[v] * 1e3:.3f} ms" for v in variants)
+        + " (medians of 7 turns)"
     )
+    for fast, slow in (("fp32", "fp32-mkl"), ("bf16", "fp32")):
+        m, s = shares[slow, "matmul"], mm[slow] / mm[fast]
+        ceiling = 1 / ((1 - m) + m / s)
+        print(
+            f"{fast} against {slow}: matmuls {s:.2f}x, {m:.0%} of the {slow} step; ceiling "
+            f"1 / ((1 - {m:.2f}) + {m:.2f} / {s:.2f}) = {ceiling:.2f}x; under the profiler (not "
+            f"a measurement) {walls[slow] / walls[fast]:.2f}x"
+        )
+    print()
 
     compare(data, args.pairs)
 

@@ -10,7 +10,13 @@ INSTALL_HINT = "install the training extra: pip install torch==2.13.0 'mnist-vae
 
 def main() -> None:
     """Console entry point of `vae-export`."""
-    run("vae-export", "vae_export.cli:app", ("torch", "onnx", "onnxscript"), INSTALL_HINT)
+    run(
+        "vae-export",
+        "vae_export.cli:app",
+        ("torch", "onnx", "onnxscript"),
+        INSTALL_HINT,
+        fast_exit=True,
+    )
 
 
 if __name__ == "__main__":

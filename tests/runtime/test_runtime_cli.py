@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -530,3 +531,35 @@ def test_commands_name_a_graph_that_is_not_fp32(graphs, work: Path) -> None:
     assert "1 images reconstructed (fp32 encoder, int8 decoder) -> " in result.stdout
     result = run(generate_app, ["--onnx", graphs["decoder"], "-o", "t.png"])
     assert result.stdout.startswith("25 images (seed 0, temperature 1) -> t.png")
+
+
+@pytest.mark.parametrize(("fast_exit", "code"), [(True, 0), (True, 3), (False, 3)])
+def test_fast_exit_skips_the_teardown_not_the_output(
+    tmp_path: Path, fast_exit: bool, code: int
+) -> None:
+    """run(..., fast_exit=True) (vae-train, vae-eval, vae-export) ends the process once the
+    command has ended: its exit code and every line it printed, even one without a newline,
+    arrive, and the interpreter's teardown (an atexit handler here) does not run."""
+    (tmp_path / "tiny_app.py").write_text(
+        textwrap.dedent(
+            f"""
+            import atexit, sys
+            from pathlib import Path
+
+            def app(prog_name):
+                atexit.register(Path({str(tmp_path / "torn-down")!r}).touch)
+                print("printed", end="")
+                sys.stderr.write("and on stderr")
+                sys.exit({code})
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    start = (
+        f"from vae_runtime.entrypoints import run; run('x', 'tiny_app:app', fast_exit={fast_exit})"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", start], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (code, "printed", "and on stderr")
+    assert (tmp_path / "torn-down").exists() is not fast_exit

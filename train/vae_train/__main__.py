@@ -11,12 +11,21 @@ INSTALL_HINT = "install the training extra: pip install torch==2.13.0 'mnist-vae
 
 def main() -> None:
     """Console entry point of `vae-train`."""
-    run("vae-train", "vae_train.cli:app", ("torch",), INSTALL_HINT, quiet_imports=())
+    run(
+        "vae-train", "vae_train.cli:app", ("torch",), INSTALL_HINT, quiet_imports=(), fast_exit=True
+    )
 
 
 def eval_main() -> None:
     """Console entry point of `vae-eval`."""
-    run("vae-eval", "vae_train.cli:eval_app", ("torch",), INSTALL_HINT, quiet_imports=())
+    run(
+        "vae-eval",
+        "vae_train.cli:eval_app",
+        ("torch",),
+        INSTALL_HINT,
+        quiet_imports=(),
+        fast_exit=True,
+    )
 
 
 if __name__ == "__main__":

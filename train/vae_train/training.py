@@ -71,7 +71,7 @@ from .device import (
     select_device,
 )
 from .graphs import TrainStep, capture_step
-from .model import VAE, VAEConfig, loss_terms
+from .model import VAE, VAEConfig, linear_layer, loss_terms
 
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -245,7 +245,8 @@ class _Run:
         self.test_images = _as_rows(test, device)
         with torch.random.fork_rng(devices=[]):  # initial weights from the seed, globals untouched
             torch.manual_seed(settings.seed)
-            self.model = VAE(config).to(device)
+            layer = linear_layer(device, settings.compute_dtype)
+            self.model = VAE(config, layer).to(device)
         self.optimizer = Adam(self.model.parameters(), lr=settings.lr)
         self.shuffle_gen = torch.Generator().manual_seed(settings.seed)
         self.noise_gen = torch.Generator().manual_seed(settings.seed + 1)
