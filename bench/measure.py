@@ -38,7 +38,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -111,14 +112,30 @@ class Run:
     peak_mb: float
 
 
+@contextmanager
+def every_cpu() -> Iterator[None]:
+    """Let what this thread starts run on every CPU. A process that loads libgomp (imports
+    torch) with OMP_PROC_BIND set, as train_speed.py does to run under vae-train's threads,
+    has its main thread bound to one core, and a child inherits that one-core mask: until
+    2026-12-04 the whole-process figures ran both contenders on a single core."""
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
 def run_process(
     argv: Sequence[str], cwd: Path | None = None, env: Mapping[str, str] | None = None
 ) -> Run:
-    """Run `argv` to completion, output discarded. Exits the bench with its stderr on a failure."""
+    """Run `argv` to completion, output discarded, on every CPU (`every_cpu`). Exits the bench
+    with its stderr on a failure."""
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        list(argv), cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    with every_cpu():
+        proc = subprocess.Popen(
+            list(argv), cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -134,3 +135,18 @@ def test_machine_block_names_what_moves_the_figures(measure: ModuleType) -> None
     for key in ("date", "cpu", "cores", "memory", "numpy", "onnxruntime", "torch"):
         assert key in block
     assert "usable (affinity)" in block
+
+
+def test_a_measured_process_runs_on_every_cpu(measure: ModuleType, tmp_path: Path) -> None:
+    """A bench bound to one core (libgomp with OMP_PROC_BIND binds the thread that loads it)
+    still starts its contenders on every CPU, and keeps its own binding."""
+    every = os.sched_getaffinity(0)
+    out = tmp_path / "affinity"
+    child = f"import os; open({str(out)!r}, 'w').write(repr(sorted(os.sched_getaffinity(0))))"
+    os.sched_setaffinity(0, {min(every)})
+    try:
+        measure.run_process([sys.executable, "-c", child])
+        assert os.sched_getaffinity(0) == {min(every)}
+    finally:
+        os.sched_setaffinity(0, every)
+    assert out.read_text() == repr(sorted(set(range(os.cpu_count() or 1)) & every))
