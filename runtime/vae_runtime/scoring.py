@@ -177,7 +177,7 @@ class Scorer:
         with ThreadPoolExecutor(self._threads) as pool:
             for first in range(0, n, per_block):
                 b = min(per_block, n - first)
-                # converted block by block: float32 copies of b images, never of all N
+                # converted block by block (float32 input is used as it is): never all N at once
                 xb = _images(x[first : first + b])
                 block = self._block(xb, k, rows, noise(first, b), pool)
                 for array, values in zip(out, block, strict=True):

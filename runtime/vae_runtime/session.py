@@ -12,6 +12,7 @@ never a wrong answer.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
@@ -310,16 +311,18 @@ def _images(images: Any) -> np.ndarray:
         raise InvalidArgumentError(
             f"images must have shape (N, 28, 28) or (N, 1, 28, 28), got {array.shape}"
         )
-    if array.dtype == np.uint8:
-        x = array.astype(np.float32) / np.float32(255.0)
+    if array.dtype == np.uint8:  # one pass: float32 division, as astype(float32) / 255
+        x = np.divide(array, np.float32(255.0), dtype=np.float32)
     elif array.dtype.kind == "f":
         with np.errstate(over="ignore", invalid="ignore"):
-            x = array.astype(np.float32)
-        if not np.isfinite(x).all():
+            x = np.asarray(array, dtype=np.float32)  # float32 already: no copy
+        # Two passes, not four: NaN propagates into min and max, and an infinity is one of them.
+        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise InvalidArgumentError("images contain NaN or infinite pixels")
-        if x.size and (x.min() < 0.0 or x.max() > 1.0):
+        if lo < 0.0 or hi > 1.0:
             raise InvalidArgumentError(
-                f"float image pixels must be in [0, 1], got {x.min():g}..{x.max():g} (for 0-255 "
+                f"float image pixels must be in [0, 1], got {lo:g}..{hi:g} (for 0-255 "
                 "pixels pass a uint8 array, or divide by 255)"
             )
     else:
