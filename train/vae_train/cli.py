@@ -109,10 +109,10 @@ def train_command(
     precision: str = typer.Option(
         "fp32",
         help="fp32 (bit-reproducible) or bf16: matmuls in bfloat16 (autocast), weights, Adam's "
-        "state, loss and checkpoint in float32. On a CPU with AVX512-BF16/AMX it buys ~1.5x per "
-        "training pass (less per epoch: evaluation stays fp32), at most ~2x (the matmuls' share; "
-        "docs/vae-train.md: Speed); refused "
-        "elsewhere and on GPUs (launch-bound: no gain).",
+        "state, loss and checkpoint in float32. Against fp32, whose matmuls run in oneDNN too, "
+        "it buys little: ~1.1x per training pass and ~1.0x per epoch on an AVX512-BF16 AMD "
+        "EPYC, at most ~1.35x (docs/vae-train.md: Speed). Refused on CPUs without bf16 "
+        "arithmetic and on GPUs (launch-bound: no gain).",
     ),
     binarize: bool = typer.Option(
         False,
