@@ -103,6 +103,14 @@ def python_running(module: str, function: str, *args: str) -> list[str]:
 def call_entry(entry: str, argv: Sequence[str]) -> int:
     """Run a console script's entry point ("module:function") with `argv`; its exit code.
     A traceback (never a command's way out) is printed and gives 99."""
+    import vae_runtime.entrypoints as entrypoints
+
+    def no_fast_exit(code: object) -> None:
+        # vae-train, vae-eval and vae-export end with os._exit (entrypoints._exit_now); here the
+        # lab still has to record what the command did, and then `leave`s the fork itself.
+        raise SystemExit(code)
+
+    entrypoints._exit_now = no_fast_exit  # type: ignore[assignment]
     module, _, name = entry.partition(":")
     main = getattr(importlib.import_module(module), name)
     sys.argv = list(argv)
