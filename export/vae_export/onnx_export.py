@@ -237,7 +237,7 @@ def _score_reference(
     decoder = Decoder.load(fp32["decoder"], spinning=False)
     scores = Scorer(encoder, decoder).score(images, k=REFERENCE_K, seed=REFERENCE_SEED)
     if images_file is None:
-        where = "the model's own decoded samples (no data folder given)"
+        where = "model's own decoded samples (no data folder given)"
     else:
         where = "MNIST test set" if images_file.name.startswith("t10k") else "MNIST training set"
     result = C.ScoreReference.of(scores.iwae, k=REFERENCE_K, seed=REFERENCE_SEED, source=where)
