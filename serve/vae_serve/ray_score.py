@@ -152,6 +152,7 @@ def score_archive(
     address: str | None = None,
     force: bool = False,
     chunk: int = CHUNK,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Score every image of `paths` on Ray (the cluster at `address`, or a local instance; one
     already initialised in this process is used as it is) into Parquet shards under `out`.
@@ -178,7 +179,9 @@ def score_archive(
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-stage INFO lines
+        # No per-stage INFO lines; quiet: Ray Data's warnings neither (a busy cluster's "no
+        # available CPUs" while the last run's actors leave), only errors.
+        logging.getLogger("ray.data").setLevel(logging.ERROR if quiet else logging.WARNING)
         dataset = ray.data.from_items([vars(item) for item in items]).map_batches(
             ShardScorer,
             fn_constructor_args=(bundle, k, seed, precision, threads),
@@ -275,6 +278,7 @@ def ray_score_command(
         cpus_per_actor=cpus_per_actor,
         address=ray_address,
         force=force,
+        quiet=quiet,
     )
     if not quiet:
         print(
