@@ -1,35 +1,30 @@
-"""vae-serve under load against the server a user would otherwise write, in one run, on loopback.
+"""vae-serve under load, on loopback: a soak, and vae-serve against Ray Serve on one machine.
 
-    python bench/serve_speed.py [--model model.pt] [--onnx-dir out/] [--seconds 2]
-                                [--requests 3000] [--soak-seconds 60] [--serve-args "..."]
-    python bench/serve_speed.py --peers ...   (bench/serve_peers.py: KServe's ModelServer,
-                                               h11/asyncio, the reference, gRPC, model swaps)
+    python bench/serve_speed.py [--model model.pt] [--onnx-dir out/] [--soak-seconds 60]
+                                [--serve-args "..."] [--quick]
+    python bench/serve_speed.py --cluster [--pairs 5] [--seconds 2] [--requests 1000]
+    python bench/serve_speed.py --peers ...   (bench/serve_peers.py: the comparisons with the
+                                               FastAPI+torch reference, KServe's ModelServer,
+                                               h11/asyncio, gRPC, model swaps)
 
-The reference is what the issue names: a FastAPI app that loads model.pt with torch and decodes
-per request with JSON (`POST /decode {"z": [[...]]}`, and `GET /samples.png` drawn with torch
-and PIL). This script writes it into a temporary folder and starts it with uvicorn; FastAPI is
-not a dependency of mnist-vae (`pip install fastapi` for this benchmark). Without --model a
-seed-architecture model.pt with random weights is made (speed does not depend on the weights)
-and exported with vae-export.
+This module also holds what the serving benches share: the load client (asyncio, one
+keep-alive connection per concurrent client, requests prepared in advance, on the same cores as
+the servers: a client costs CPU too, so the absolute figures are a floor and the ratios are
+what compare), the request makers and the reference server a user would otherwise write
+(REFERENCE: FastAPI + uvicorn loading model.pt with torch, `POST /decode {"z": [[...]]}` and
+`GET /samples.png` drawn with torch and PIL; FastAPI is not a dependency of mnist-vae: `pip
+install fastapi` for the benches that start it). Without --model a seed-architecture model.pt
+with random weights is made (speed does not depend on the weights) and exported.
 
-Measured, each cell bounded by --requests and --seconds after a warm-up:
-  requests/s, p50 and p99 latency at concurrency 1, 8 and 32 for
-    V2 `decoder` infer, batch 1 and 25, JSON and binary tensors   (ours)
-    POST /decode, batch 1 and 25, JSON                            (reference)
-    GET /samples.png 5x5                                          (both)
-  the ratios ours / reference with the issue's targets (>= 3x binary, >= 1x JSON, p99 of the
-  5x5 PNG < 20 ms at concurrency 8), and the resident memory of both servers;
-  a soak (--soak-seconds, concurrency 32) mixing good and bad requests: zero failed good
-  requests, every bad one a 4xx, vae-serve's memory growth under 10%.
+Default: the soak. --soak-seconds at concurrency 32, two good requests for each bad one
+(malformed JSON, NaN, an unknown model, rows=0, seed=abc, a truncated binary tensor): no good
+request may fail, every bad one must get a 4xx, and vae-serve's memory may grow by under 10%.
 
-With --cluster, instead: vae-serve with 1 and 2 uvicorn workers against Ray Serve with 1 and 2
-replicas (`vae_serve.ray_serve`, a local Ray instance of 2 CPUs, Ray Serve's defaults otherwise)
-on the same cores: requests/s and p50/p99 for V2 binary batch 25 and /samples.png 5x5 at each
-concurrency, and Ray's ratio to vae-serve (needs the ray extra).
-
-The load comes from this process: asyncio, one keep-alive connection per concurrent client,
-requests prepared in advance, on the same cores as the servers (a client costs CPU too: the
-absolute figures are a floor, the ratios are what compare). A measurement, not a test.
+--cluster: vae-serve with N uvicorn workers against Ray Serve with N replicas (N = 1, 2;
+`vae_serve.ray_serve`, a local Ray instance of 2 CPUs, Ray Serve's defaults otherwise), both
+up at once on the same cores, V2 binary batch 25 and /samples.png 5x5 at concurrency 1, 8 and
+32, each cell in alternating pairs (bench/measure.py). Needs the ray extra. A measurement, not
+a test.
 """
 
 from __future__ import annotations
@@ -41,16 +36,18 @@ import re
 import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import orjson
+from measure import MIN_PAIRS, alternate_samples, print_machine
 
 BIN = Path(sys.executable).parent
 CONCURRENCY = (1, 8, 32)
@@ -208,16 +205,6 @@ async def _load(
     return cell
 
 
-def load(
-    pid: int, port: int, requests: Sequence[Req], concurrency: int, seconds: float, budget: int
-) -> Cell:
-    asyncio.run(_load(port, requests, concurrency, min(seconds, 1.0), max(budget // 10, 50)))
-    before = cpu_seconds(pid)
-    cell = asyncio.run(_load(port, requests, concurrency, seconds, budget))
-    cell.cpu = cpu_seconds(pid) - before
-    return cell
-
-
 def rss_mb(pid: int) -> float:
     """Resident memory of `pid` and its children (uvicorn workers), MB."""
     total = 0.0
@@ -358,32 +345,22 @@ def bad_requests(latent: int) -> list[Req]:
     ]
 
 
-def row(name: str, cells: dict[int, Cell]) -> str:
-    parts = [f"{name:<22}"]
-    for c in CONCURRENCY:
-        cell = cells[c]
-        parts.append(f"{cell.rps:6.0f} {cell.ms(0.5):6.2f} {cell.ms(0.99):6.1f} {cell.cpu_ms:5.2f}")
-    return " | ".join(parts)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, help="model.pt (default: random weights, seed size)")
     parser.add_argument("--onnx-dir", type=Path, help="its export (default: exported here)")
-    parser.add_argument("--seconds", type=float, default=2.0, help="at most, per cell")
-    parser.add_argument("--requests", type=int, default=3000, help="at most, per cell")
-    parser.add_argument("--rounds", type=int, default=3, help="each cell keeps its best round")
-    parser.add_argument("--soak-seconds", type=float, default=60.0, help="0: no soak")
+    parser.add_argument("--pairs", type=int, default=5, help="alternating pairs per cell (>= 5)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="at most, per sample")
+    parser.add_argument("--requests", type=int, default=1000, help="at most, per sample")
+    parser.add_argument("--soak-seconds", type=float, default=60.0, help="the soak's length")
     parser.add_argument("--serve-args", default="", help="extra vae-serve options")
-    parser.add_argument(
-        "--reference-threads", type=int, default=0, help="torch threads (default: torch's)"
-    )
     parser.add_argument(
         "--cluster", action="store_true", help="vae-serve workers against Ray Serve replicas"
     )
     parser.add_argument(
-        "--peers", action="store_true", help="KServe and the rest: bench/serve_peers.py's options"
+        "--peers", action="store_true", help="the comparisons: bench/serve_peers.py's options"
     )
+    parser.add_argument("--quick", action="store_true", help="seconds, to check the script")
     args, rest = parser.parse_known_args(argv)
     if args.peers:  # vae-serve against KServe, itself on h11, the reference; gRPC, model swaps
         import serve_peers
@@ -391,216 +368,143 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_peers.main([a for a in (argv or sys.argv[1:]) if a != "--peers"])
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.pairs < MIN_PAIRS:
+        parser.error(f"--pairs must be at least {MIN_PAIRS}")
+    if args.quick:  # not a measurement
+        args.pairs, args.seconds, args.requests, args.soak_seconds = MIN_PAIRS, 0.3, 100, 3.0
+    print_machine("vae-serve under load" + (": against Ray Serve" if args.cluster else ": soak"))
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model, onnx_dir = prepare_model(args, work)
+        _, onnx_dir = prepare_model(args, work)
         from vae_runtime.session import Decoder
 
         latent = Decoder.load(onnx_dir / "decoder.onnx").latent_dim
         if args.cluster:
             return cluster_comparison(args, onnx_dir, latent)
-        ours = subprocess.Popen(
-            [
-                *(str(BIN / "vae-serve"), "--onnx-dir", str(onnx_dir), "--port", "0"),
-                *("--log-level", "warning", *shlex.split(args.serve_args)),
-            ],
-            stdout=subprocess.PIPE,
-        )
-        assert ours.stdout is not None
-        line = ours.stdout.readline().decode()
-        our_port = int(line.split("http://127.0.0.1:")[1].split()[0])
-        script = work / "reference_server.py"
-        threads = args.reference_threads
-        script.write_text(
-            REFERENCE.format(threads=f"torch.set_num_threads({threads})\n" if threads else "")
-        )
-        ref_port = free_port()
-        reference = subprocess.Popen([sys.executable, str(script), str(model), str(ref_port)])
-        wait_for(ref_port, reference, "the reference server")
+        port, ours = start_vae_serve(onnx_dir, *shlex.split(args.serve_args))
         try:
-            return run(args, latent, ours, our_port, reference, ref_port)
+            return soak(args, latent, ours, port)
         finally:
-            for process in (ours, reference):
-                if process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
-            code = ours.wait(60)
-            reference.wait(60)
-            print(f"vae-serve exit code after SIGTERM: {code}")
+            ours.send_signal(signal.SIGTERM)
+            print(f"vae-serve exit code after SIGTERM: {ours.wait(60)}")
 
 
-def run(
-    args: argparse.Namespace,
-    latent: int,
-    ours: subprocess.Popen[bytes],
-    our_port: int,
-    reference: subprocess.Popen[bytes],
-    ref_port: int,
-) -> int:
-    servers = {"ours": (ours.pid, our_port), "ref": (reference.pid, ref_port)}
-    scenarios: dict[str, tuple[str, list[Req]]] = {}
-    for batch in (1, 25):
-        scenarios[f"ref JSON b{batch}"] = ("ref", reference_requests(latent, batch))
-        scenarios[f"ours JSON b{batch}"] = ("ours", v2_requests(latent, batch, False))
-        scenarios[f"ours binary b{batch}"] = ("ours", v2_requests(latent, batch, True))
-    scenarios["ref /samples.png 5x5"] = ("ref", png_requests())
-    scenarios["ours /samples.png 5x5"] = ("ours", png_requests())
+def start_vae_serve(onnx_dir: Path, *extra: str) -> tuple[int, subprocess.Popen[bytes]]:
+    """vae-serve on a free loopback port; its port once it listens."""
+    command = [BIN / "vae-serve", "--onnx-dir", onnx_dir, "--port", "0", "--log-level", "warning"]
+    process = subprocess.Popen([*map(str, command), *extra], stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    line = process.stdout.readline().decode()
+    if "http://127.0.0.1:" not in line:
+        process.kill()
+        sys.exit(f"vae-serve did not start: {line.strip()}")
+    return int(line.split("http://127.0.0.1:")[1].split()[0].rstrip(";,)")), process
 
-    # Rounds alternate between the servers and each cell keeps its best round: other work on a
-    # shared machine only ever slows a round down.
-    best: dict[str, dict[int, Cell]] = {name: {} for name in scenarios}
-    failed = 0
-    for _ in range(args.rounds):
-        for name, (server, requests) in scenarios.items():
-            pid, port = servers[server]
-            for c in CONCURRENCY:
-                cell = load(pid, port, requests, c, args.seconds, args.requests)
-                failed += cell.failed_good
-                if c not in best[name] or cell.rps > best[name][c].rps:
-                    best[name][c] = cell
-    if failed:
-        print(f"!! {failed} good requests failed")
 
-    header = " | ".join(f"c={c}: req/s p50 ms p99 ms CPU ms" for c in CONCURRENCY)
-    print(f"\n{'server, request':<22} | {header}")
-    for name, cells in best.items():
-        print(row(name, cells))
-
-    print("\nours / reference: requests/s (server CPU per request, reference / ours), target:")
-    ok = failed == 0
-    for batch in (1, 25):
-        ref = best[f"ref JSON b{batch}"]
-        for kind, target in (("binary", 3.0), ("JSON", 1.0)):
-            mine = best[f"ours {kind} b{batch}"]
-            ratios = [mine[c].rps / ref[c].rps for c in CONCURRENCY]
-            cpu = [ref[c].cpu_ms / mine[c].cpu_ms for c in CONCURRENCY]
-            good = all(r >= target for r in ratios)
-            ok &= good
-            text = "  ".join(
-                f"c={c} {r:4.1f}x ({k:4.1f}x)"
-                for c, r, k in zip(CONCURRENCY, ratios, cpu, strict=True)
-            )
-            print(f"  {kind:>6} b{batch:<3} {text}   >= {target:g}x: {'ok' if good else 'MISSED'}")
-    png, ref_png = best["ours /samples.png 5x5"], best["ref /samples.png 5x5"]
-    text = "  ".join(
-        f"c={c} {png[c].rps / ref_png[c].rps:4.1f}x ({ref_png[c].cpu_ms / png[c].cpu_ms:4.1f}x)"
-        for c in CONCURRENCY
-    )
-    print(f"  png 5x5     {text}")
-    p99 = png[8].ms(0.99)
-    ok &= p99 < 20
+def soak(args: argparse.Namespace, latent: int, ours: subprocess.Popen[bytes], port: int) -> int:
+    """--soak-seconds at concurrency 32, two good requests for each bad one: no good request
+    fails, every bad one gets a 4xx, and vae-serve's memory grows by under 10%."""
+    mixed = [
+        *v2_requests(latent, 25, True)[:4],
+        *v2_requests(latent, 1, False)[:4],
+        *png_requests()[:4],
+        *bad_requests(latent),
+    ]
+    asyncio.run(_load(port, mixed, 8, min(args.soak_seconds, 1.0), 500))  # warm-up
+    before = rss_mb(ours.pid)
+    cell = asyncio.run(_load(port, mixed, 32, args.soak_seconds, 10**9))
+    after = rss_mb(ours.pid)
+    growth = (after - before) / before
+    good = len(cell.latencies)
+    bad = cell.bad_answered + cell.bad_wrong
+    ok = cell.failed_good == 0 and cell.bad_wrong == 0 and growth < 0.10
     print(
-        f"  /samples.png 5x5 p99 at c=8: {p99:.2f} ms (< 20 ms: {'ok' if p99 < 20 else 'MISSED'})"
+        f"soak {cell.seconds:.0f} s at c=32: {cell.requests:,} requests ({cell.rps:.0f}/s): "
+        f"{good:,} good ({cell.failed_good} failed, p99 {cell.ms(0.99):.1f} ms), "
+        f"{bad:,} bad ({cell.bad_answered:,} answered 4xx, {cell.bad_wrong} otherwise); "
+        f"memory {before:.0f} -> {after:.0f} MB ({growth:+.1%}; < 10%): "
+        f"{'ok' if ok else 'MISSED'}"
     )
-    print(
-        f"\nresident memory: vae-serve {rss_mb(ours.pid):.0f} MB, "
-        f"reference {rss_mb(reference.pid):.0f} MB"
-    )
-
-    if args.soak_seconds > 0:
-        mixed = [
-            *v2_requests(latent, 25, True)[:4],
-            *v2_requests(latent, 1, False)[:4],
-            *png_requests()[:4],
-            *bad_requests(latent),
-        ]
-        before = rss_mb(ours.pid)
-        cell = asyncio.run(_load(our_port, mixed, 32, args.soak_seconds, 10**9))
-        after = rss_mb(ours.pid)
-        growth = (after - before) / before
-        good = len(cell.latencies)
-        bad = cell.bad_answered + cell.bad_wrong
-        soak_ok = cell.failed_good == 0 and cell.bad_wrong == 0 and growth < 0.10
-        ok &= soak_ok
-        print(
-            f"\nsoak {cell.seconds:.0f} s at c=32: {cell.requests:,} requests ({cell.rps:.0f}/s): "
-            f"{good:,} good ({cell.failed_good} failed, p99 {cell.ms(0.99):.1f} ms), "
-            f"{bad:,} bad ({cell.bad_answered:,} answered 4xx, {cell.bad_wrong} otherwise); "
-            f"memory {before:.0f} -> {after:.0f} MB ({growth:+.1%}; < 10%): "
-            f"{'ok' if soak_ok else 'MISSED'}"
-        )
-    print(f"\nall targets met: {ok}")
     return 0 if ok else 1
 
 
-def _best(port: int, requests: Sequence[Req], concurrency: int, args: argparse.Namespace) -> Cell:
-    """A warm-up, then the best of --rounds runs (bounded by --seconds and --requests each)."""
-    asyncio.run(_load(port, requests, concurrency, min(args.seconds, 1.0), 200))
-    cells = [
-        asyncio.run(_load(port, requests, concurrency, args.seconds, args.requests))
-        for _ in range(args.rounds)
-    ]
-    return max(cells, key=lambda cell: cell.rps)
+def sampler(
+    pid: int | None, port: int, requests: Sequence[Req], concurrency: int, args: argparse.Namespace
+) -> tuple[Callable[[], float], list[Cell]]:
+    """A sample: one load run bounded by --seconds and --requests; returns seconds per request
+    and keeps each Cell (with the server's CPU seconds when its pid is given). A failed good
+    request ends the bench: a server that fails is not measured."""
+    cells: list[Cell] = []
+
+    def sample() -> float:
+        before = cpu_seconds(pid) if pid else 0.0
+        cell = asyncio.run(_load(port, requests, concurrency, args.seconds, args.requests))
+        cell.cpu = cpu_seconds(pid) - before if pid else 0.0
+        if cell.failed_good or not cell.latencies:
+            sys.exit(f"port {port}: {cell.failed_good} of {cell.requests} requests failed")
+        cells.append(cell)
+        return cell.seconds / cell.requests
+
+    return sample, cells
 
 
 def cluster_comparison(args: argparse.Namespace, onnx_dir: Path, latent: int) -> int:
-    """vae-serve with 1 and 2 uvicorn workers, then Ray Serve with 1 and 2 replicas."""
-    scenarios = {"binary b25": v2_requests(latent, 25, True), "/samples.png 5x5": png_requests()}
-    results: dict[str, dict[str, dict[int, Cell]]] = {}
-    failed = 0
-    for workers in (1, 2):
-        command = [BIN / "vae-serve", "--onnx-dir", onnx_dir, "--port", "0", "--workers", workers]
-        process = subprocess.Popen(
-            [*map(str, command), "--log-level", "warning"], stdout=subprocess.PIPE
-        )
-        assert process.stdout is not None
-        port = int(process.stdout.readline().decode().split("127.0.0.1:")[1].split()[0])
-        time.sleep(1.0 * workers)  # the workers load the graphs after the socket is bound
-        name = f"vae-serve {workers} worker{'s' if workers > 1 else ''}"
-        results[name] = {
-            s: {c: _best(port, r, c, args) for c in CONCURRENCY} for s, r in scenarios.items()
-        }
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
+    """vae-serve with N uvicorn workers against Ray Serve with N replicas (N = 1, 2), both up
+    at once on the same cores, in alternating pairs per cell (bench/measure.py)."""
     import ray
     from ray import serve
 
     from vae_serve import ray_serve as cluster
     from vae_serve.app import ServeConfig
 
+    scenarios = {"binary b25": v2_requests(latent, 25, True), "/samples.png 5x5": png_requests()}
     started = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    ray_port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": ray_port})
     print(f"Ray started in {time.perf_counter() - started:.1f} s")
     bundle = cluster.Bundle.read(ServeConfig(onnx_dir=onnx_dir))
+    print(
+        f"per cell: Ray Serve's seconds per request over vae-serve's (how many times vae-serve "
+        f"is faster), the median of {args.pairs} alternating pairs (min-max, IQR); then each "
+        "side's median requests/s, p50 and p99 (ms)"
+    )
     try:
-        for replicas in (1, 2):
+        for n in (1, 2):
             started = time.perf_counter()
-            app = cluster.application(bundle, cluster.Replicas(num_replicas=replicas))
+            app = cluster.application(bundle, cluster.Replicas(num_replicas=n))
             serve.run(app, name=cluster.APP_NAME, route_prefix="/")
-            print(f"{replicas} replica(s) deployed in {time.perf_counter() - started:.1f} s")
-            name = f"Ray Serve {replicas} replica{'s' if replicas > 1 else ''}"
-            results[name] = {
-                s: {c: _best(port, r, c, args) for c in CONCURRENCY} for s, r in scenarios.items()
-            }
+            print(f"\n{n} replica(s) deployed in {time.perf_counter() - started:.1f} s")
+            our_port, ours = start_vae_serve(onnx_dir, "--workers", str(n))
+            time.sleep(1.0 * n)  # the workers load the graphs after the socket is bound
+            try:
+                for scenario, requests in scenarios.items():
+                    for c in CONCURRENCY:
+                        sample_ours, our_cells = sampler(ours.pid, our_port, requests, c, args)
+                        sample_ray, ray_cells = sampler(None, ray_port, requests, c, args)
+                        result = alternate_samples(sample_ours, sample_ray, args.pairs, warmup=1)
+                        mine, theirs = our_cells[1:], ray_cells[1:]  # the warm-up pair out
+                        print(
+                            f"  vae-serve {n} worker(s) / Ray Serve {n} replica(s), {scenario:<16} "
+                            f"c={c:<2}  {result.ratio.show(unit='x')}   "
+                            f"{_medians(mine)}  vs  {_medians(theirs)}",
+                            flush=True,
+                        )
+            finally:
+                ours.send_signal(signal.SIGTERM)
+                ours.wait(60)
     finally:
         serve.shutdown()
         ray.shutdown()
-    for by_scenario in results.values():
-        failed += sum(cell.failed_good for cells in by_scenario.values() for cell in cells.values())
-    header = " | ".join(f"c={c}: req/s p50 ms p99 ms" for c in CONCURRENCY)
-    for scenario in scenarios:
-        print(f"\n{scenario:<22} | {header}")
-        for name, by_scenario in results.items():
-            cells = by_scenario[scenario]
-            parts = [
-                f"{cells[c].rps:6.0f} {cells[c].ms(0.5):6.2f} {cells[c].ms(0.99):6.1f}"
-                for c in CONCURRENCY
-            ]
-            print(f"{name:<22} | " + " | ".join(parts))
-    print("\nRay Serve / vae-serve, requests/s (same number of replicas / workers):")
-    for n, suffix in ((1, ""), (2, "s")):
-        ray_cells = results[f"Ray Serve {n} replica{suffix}"]
-        ours = results[f"vae-serve {n} worker{suffix}"]
-        for scenario in scenarios:
-            text = "  ".join(
-                f"c={c} {ray_cells[scenario][c].rps / ours[scenario][c].rps:4.2f}x"
-                for c in CONCURRENCY
-            )
-            print(f"  {n} x, {scenario:<18} {text}")
-    print(f"failed good requests: {failed}")
-    return 0 if failed == 0 else 1
+    return 0
+
+
+def _medians(cells: Sequence[Cell]) -> str:
+    rps = statistics.median(c.rps for c in cells)
+    p50 = statistics.median(c.ms(0.5) for c in cells)
+    p99 = statistics.median(c.ms(0.99) for c in cells)
+    return f"{rps:6.0f} req/s {p50:6.2f} {p99:7.1f} ms"
 
 
 if __name__ == "__main__":
