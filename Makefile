@@ -59,7 +59,8 @@ demo: install
 	@echo "wrote $(OUT)/model.pt, $(OUT)/encoder.onnx, $(OUT)/decoder.onnx, $(OUT)/generated.png"
 
 # Every table of docs/benchmarks.md, after `make demo` wrote $(OUT)/ (on real MNIST when
-# VAE_DATA_DIR is set), the machine block first; a quiet machine, about an hour
+# VAE_DATA_DIR is set), the machine block first; a quiet machine, about 90 minutes (KServe's venv
+# for serve_peers.py is installed on first use, ~530 MB)
 # (docs/benchmarks.md#how-we-measure). `make bench QUICK=1`: each script's tiny setting, a check.
 BENCH_Q := $(if $(QUICK),--quick)
 BENCH_DATA := $(if $(VAE_DATA_DIR),--data-dir $(VAE_DATA_DIR))
@@ -78,8 +79,11 @@ bench: install
 	$(BIN)/python bench/web_speed.py --onnx-dir $(OUT) --no-isolate $(BENCH_Q)
 	$(if $(VAE_DATA_DIR),$(BIN)/python bench/score_quality.py --onnx-dir $(OUT) --out $(OUT)/score_quality.png $(BENCH_Q),@echo "== score_quality.py skipped: set VAE_DATA_DIR")
 	$(BIN)/python bench/score_speed.py --onnx-dir $(OUT) --model $(OUT)/model.pt $(BENCH_DATA) $(BENCH_Q)
-	$(BIN)/python -m pip install -q fastapi  # the reference server of serve_speed.py only
-	$(BIN)/python bench/serve_speed.py --model $(OUT)/model.pt --onnx-dir $(OUT)
+	$(if $(VAE_DATA_DIR),$(BIN)/python bench/score_speed.py --onnx-dir $(OUT) --ray $(BENCH_Q),@echo "== score_speed.py --ray skipped: set VAE_DATA_DIR")
+	$(BIN)/python -m pip install -q fastapi  # the reference server of the serving benches only
+	$(BIN)/python bench/serve_peers.py --model $(OUT)/model.pt --onnx-dir $(OUT) --grpc --swap $(BENCH_Q)
+	$(BIN)/python bench/serve_speed.py --model $(OUT)/model.pt --onnx-dir $(OUT) $(BENCH_Q)
+	$(BIN)/python bench/serve_speed.py --cluster --model $(OUT)/model.pt --onnx-dir $(OUT) $(BENCH_Q)
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache

@@ -12,6 +12,13 @@ most 30% on top of the k decodes). With --model, also beside vae-eval's torch pa
 (`vae_train.evaluate.evaluate`) on the same images at the same k. Every ratio is the median of
 alternating pairs (bench/measure.py) with its min-max. At k = 5000 fewer images are scored (at
 most --rows-cap / k) so that a pass stays short; images per second is what is compared.
+
+    VAE_DATA_DIR=/path/to/mnist python bench/score_speed.py --onnx-dir out --ray
+
+--ray, instead: whole `vae-score` processes over the MNIST test IDX file at k = 64, one process
+(its onnxruntime threads on every core) against `vae-score --ray` (a local Ray instance, Ray
+Data, --actors 2 of 1 CPU each, one onnxruntime thread each), in alternating pairs: what Ray
+Data costs or buys on this one machine, start-up included. Needs VAE_DATA_DIR and the ray extra.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +65,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="alternating pairs (>= 5)")
     parser.add_argument("--rows-cap", type=int, default=640_000, help="n x k at most per pass")
     parser.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
+    parser.add_argument("--ray", action="store_true", help="vae-score against vae-score --ray")
     parser.add_argument("--quick", action="store_true", help="tiny settings: a check, no figure")
     args = parser.parse_args()
+    if args.ray:
+        ray_comparison(args)
+        return
     if args.quick:
         args.count, args.ks, args.repeats, args.rows_cap = 64, "1,8", 5, 512
     ks = [int(k) for k in args.ks.split(",")]
@@ -120,6 +132,45 @@ def main() -> None:
             )
     if args.quick:
         print("\n(--quick: tiny settings, a check of the script; these are not figures)")
+
+
+def ray_comparison(args: argparse.Namespace) -> None:
+    """Whole vae-score processes: one process against Ray Data on this machine."""
+    if not args.data_dir:
+        sys.exit("score_speed --ray: set VAE_DATA_DIR (or --data-dir) to MNIST's IDX folder")
+    found = sorted(Path(args.data_dir).glob("t10k-images*"))
+    if not found:
+        sys.exit(f"score_speed: no t10k-images file in {args.data_dir}")
+    pairs = 5 if args.quick else max(args.repeats, 5)
+    print_machine("score_speed --ray: vae-score in one process against vae-score --ray")
+    command = Path(sys.executable).parent / "vae-score"
+    with tempfile.TemporaryDirectory() as tmp:
+        common = [
+            str(command),
+            str(found[0]),
+            "--onnx-dir",
+            str(args.onnx_dir.resolve()),
+            "-k",
+            "64",
+        ]
+        common += ["-f", "-q"]
+        single = [*common, "-o", f"{tmp}/scores.csv"]
+        on_ray = [*common, "--ray", "--actors", "2", "-o", f"{tmp}/shards"]
+        result = alternate(single, on_ray, pairs=pairs, warmup=1, cwd=Path(tmp))
+    count = len(read_idx(found[0], IMAGES_MAGIC))
+    a, b = result.seconds_a, result.seconds_b
+    print(f"\n{count:,} MNIST test images at k = 64, whole processes, {pairs} alternating pairs")
+    print("| vae-score | wall s, median (min-max) | images/s, start-up included | peak RSS MB |")
+    print("| --- | --- | ---: | ---: |")
+    print(
+        f"| one process | {a.show(2, ' s')} | {count / a.median:,.0f} | "
+        f"{result.peak_mb.get('a', 0):.0f} |"
+    )
+    print(
+        f"| --ray, 2 actors | {b.show(2, ' s')} | {count / b.median:,.0f} | "
+        f"{result.peak_mb.get('b', 0):.0f} (the driver) |"
+    )
+    print(f"--ray's seconds over one process's: {result.ratio.show(2, 'x')}")
 
 
 if __name__ == "__main__":
