@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--pairs", type=int, default=5, help="alternating pairs per case (>= 5)")
     parser.add_argument("--all", action="store_true", help="every setting, not only the two")
-    parser.add_argument("--quick", action="store_true", help="1-epoch runs, alone only: a check")
+    parser.add_argument("--quick", action="store_true", help="2 epochs, alone, one other: a check")
     args = parser.parse_args()
     if not args.data_dir:
         sys.exit("train_threads.py: error: pass --data-dir or set VAE_DATA_DIR")
@@ -100,7 +100,8 @@ def main() -> None:
         parser.error(f"--pairs must be at least {MIN_PAIRS}")
     print_machine("bench/train_threads.py" + (" --quick: not a figure" if args.quick else ""))
     epochs = 2 if args.quick else args.epochs  # the first epoch is not counted: 2 at least
-    others = [n for n in SETTINGS if n != DEFAULT] if args.all else [NO_TUNE]
+    every = args.all and not args.quick
+    others = [n for n in SETTINGS if n != DEFAULT] if every else [NO_TUNE]
     print(f"vae-train --epochs {epochs}; the default ({DEFAULT}) against each, {args.pairs} pairs")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
