@@ -145,15 +145,8 @@ def ray_comparison(args: argparse.Namespace) -> None:
     print_machine("score_speed --ray: vae-score in one process against vae-score --ray")
     command = Path(sys.executable).parent / "vae-score"
     with tempfile.TemporaryDirectory() as tmp:
-        common = [
-            str(command),
-            str(found[0]),
-            "--onnx-dir",
-            str(args.onnx_dir.resolve()),
-            "-k",
-            "64",
-        ]
-        common += ["-f", "-q"]
+        onnx_dir = str(args.onnx_dir.resolve())
+        common = [str(command), str(found[0]), "--onnx-dir", onnx_dir, "-k", "64", "-f", "-q"]
         single = [*common, "-o", f"{tmp}/scores.csv"]
         on_ray = [*common, "--ray", "--actors", "2", "-o", f"{tmp}/shards"]
         result = alternate(single, on_ray, pairs=pairs, warmup=1, cwd=Path(tmp))

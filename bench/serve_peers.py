@@ -52,6 +52,7 @@ from serve_speed import (
 )
 from serve_speed import CONCURRENCY as ALL_CONCURRENCY
 from serve_speed import sampler as load_sampler
+from serve_speed import start_vae_serve as launch_vae_serve
 
 HERE = Path(__file__).parent
 KSERVE = ("kserve==0.21.0", "onnxruntime", "numpy")  # the peer's venv: nothing of ours
@@ -86,18 +87,7 @@ def kserve_python(args: argparse.Namespace) -> Path:
 
 
 def start_vae_serve(onnx_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Server:
-    command = [str(BIN / "vae-serve"), "--onnx-dir", str(onnx_dir), "--port", "0"]
-    process = subprocess.Popen(
-        [*command, "--log-level", "warning", *extra],
-        stdout=subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline().decode()
-    if "http://127.0.0.1:" not in line:
-        process.kill()
-        sys.exit(f"vae-serve did not start: {line.strip()}")
-    port = int(line.split("http://127.0.0.1:")[1].split()[0].rstrip(";,)"))
+    port, process, line = launch_vae_serve(onnx_dir, *extra, env=env)
     grpc = line.split("gRPC at ")[1].split()[0].rstrip(";,)") if "gRPC at " in line else None
     name = "vae-serve" + "".join(f" {k}={v}" for k, v in (env or {}).items())
     return Server(name, process, port, grpc)

@@ -382,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         latent = Decoder.load(onnx_dir / "decoder.onnx").latent_dim
         if args.cluster:
             return cluster_comparison(args, onnx_dir, latent)
-        port, ours = start_vae_serve(onnx_dir, *shlex.split(args.serve_args))
+        port, ours, _ = start_vae_serve(onnx_dir, *shlex.split(args.serve_args))
         try:
             return soak(args, latent, ours, port)
         finally:
@@ -390,16 +390,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"vae-serve exit code after SIGTERM: {ours.wait(60)}")
 
 
-def start_vae_serve(onnx_dir: Path, *extra: str) -> tuple[int, subprocess.Popen[bytes]]:
-    """vae-serve on a free loopback port; its port once it listens."""
+def start_vae_serve(
+    onnx_dir: Path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[int, subprocess.Popen[bytes], str]:
+    """vae-serve on a free loopback port (`env` added to ours): its port once it listens, the
+    process, and the line it announced itself with (which names a gRPC port, if any)."""
     command = [BIN / "vae-serve", "--onnx-dir", onnx_dir, "--port", "0", "--log-level", "warning"]
-    process = subprocess.Popen([*map(str, command), *extra], stdout=subprocess.PIPE)
+    process = subprocess.Popen(
+        [*map(str, command), *extra], stdout=subprocess.PIPE, env={**os.environ, **(env or {})}
+    )
     assert process.stdout is not None
     line = process.stdout.readline().decode()
     if "http://127.0.0.1:" not in line:
         process.kill()
         sys.exit(f"vae-serve did not start: {line.strip()}")
-    return int(line.split("http://127.0.0.1:")[1].split()[0].rstrip(";,)")), process
+    return int(line.split("http://127.0.0.1:")[1].split()[0].rstrip(";,)")), process, line
 
 
 def soak(args: argparse.Namespace, latent: int, ours: subprocess.Popen[bytes], port: int) -> int:
@@ -476,7 +481,7 @@ def cluster_comparison(args: argparse.Namespace, onnx_dir: Path, latent: int) ->
             app = cluster.application(bundle, cluster.Replicas(num_replicas=n))
             serve.run(app, name=cluster.APP_NAME, route_prefix="/")
             print(f"\n{n} replica(s) deployed in {time.perf_counter() - started:.1f} s")
-            our_port, ours = start_vae_serve(onnx_dir, "--workers", str(n))
+            our_port, ours, _ = start_vae_serve(onnx_dir, "--workers", str(n))
             time.sleep(1.0 * n)  # the workers load the graphs after the socket is bound
             try:
                 for scenario, requests in scenarios.items():
