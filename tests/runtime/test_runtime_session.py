@@ -219,6 +219,41 @@ def test_nan_outputs_raise_numerical_error(graphs: dict[str, Path]) -> None:
         decoder.sample(3)
 
 
+def _raw_decoder(pixels: np.ndarray) -> onnx.ModelProto:
+    """The test decoder without its Sigmoid and with a zero output layer: every image it
+    decodes is `pixels` (784,), as given, any sign or size."""
+    model = build_decoder(2, 16)
+    (node,) = (n for n in model.graph.node if n.op_type == "Sigmoid")
+    node.op_type = "Identity"
+    for init in model.graph.initializer:
+        if init.name in ("w4", "b4"):
+            value = np.zeros((784, 16)) if init.name == "w4" else pixels
+            init.CopyFrom(onnx.numpy_helper.from_array(value.astype(np.float32), init.name))
+    return model
+
+
+@pytest.mark.parametrize("poison", [np.inf, -np.inf, np.nan], ids=["inf", "-inf", "nan"])
+def test_any_non_finite_pixel_raises_numerical_error(tmp_path: Path, poison: float) -> None:
+    pixels = np.full(784, 0.25)
+    pixels[400] = poison  # one pixel among healthy ones
+    decoder = Decoder.load(_saved(tmp_path / "decoder.onnx", _raw_decoder(pixels)))
+    with pytest.raises(NumericalError, match="NaN or infinite"):
+        decoder.decode(np.zeros((2, 2), np.float32))
+
+
+@pytest.mark.parametrize(
+    ("low", "high"), [(0.0, 1.0), (0.5, 1.0000001), (-1e-7, 0.5), (-3.0, 3.0), (-0.0, 1.0)]
+)
+def test_pixels_outside_zero_to_one_are_clipped(tmp_path: Path, low: float, high: float) -> None:
+    pixels = np.linspace(np.float32(low), np.float32(high), 784, dtype=np.float32)
+    decoder = Decoder.load(_saved(tmp_path / "decoder.onnx", _raw_decoder(pixels)))
+    images = decoder.decode(np.zeros((3, 2), np.float32))
+    assert images.shape == (3, 1, 28, 28)
+    np.testing.assert_array_equal(
+        images, np.broadcast_to(np.clip(pixels, 0, 1), (3, 784)).reshape(3, 1, 28, 28)
+    )
+
+
 def test_unknown_provider_lists_the_available_ones(graphs: dict[str, Path]) -> None:
     with pytest.raises(InvalidArgumentError) as info:
         Decoder.load(graphs["decoder"], providers=["NoSuchExecutionProvider"])
