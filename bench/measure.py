@@ -8,6 +8,17 @@ ratio, B's seconds over A's: how many times faster A is than B. The figure is th
 pairs' ratios (at least MIN_PAIRS), printed with its spread: min-max and the interquartile range.
 Never a best-of, never a ratio of medians taken apart, never a median of per-seed ratios.
 
+Every sample starts after a pause of SETTLE_S. An onnxruntime session's thread pool keeps its
+threads spinning for a while after each run, on the cores that the other contender's threads
+then need, so the sample after a switch of contender ran slower. Two sessions of the same fp32
+decoder file in one process, batch 1024, 9 pairs, twice (2026-12-05): with no pause the pairs
+where A ran first read 0.94-1.45x and those where B did 0.76-0.81x (`order_effect` 1.63, 1.66),
+and the median of an odd number of pairs fell in one mode or the other (the int8 decoder read
+1.77x to 2.08x from one run to the next); with 50 ms, 0.99-1.05x and 0.99-1.02x (1.01, 1.02).
+A pause is also what a deployed process sees between bursts. If the pairs of one order still
+differ from those of the other by more than ORDER_WARNING, `alternate_samples` says so on
+stderr: the median is then not to be quoted.
+
 A contender is either a callable (timed in-process with `time.perf_counter`, `loops` calls per
 sample, calibrated so that a sample lasts at least `min_sample_s`) or a command (a list of
 arguments: a whole process, its wall time and its peak RSS from `wait4`).
@@ -45,6 +56,8 @@ from importlib import metadata
 from pathlib import Path
 
 MIN_PAIRS = 5
+SETTLE_S = 0.05  # the pause before every sample (see above)
+ORDER_WARNING = 1.10  # A-first pairs' median over B-first pairs' median (or its inverse)
 FLAGS = (
     "avx2",
     "avx512f",
@@ -179,6 +192,18 @@ class Comparison:
         return spread(self.ratios)
 
     @property
+    def order_effect(self) -> float:
+        """The median ratio of the A-first pairs over that of the B-first pairs: 1 when the order
+        within a pair does not matter (a drift alone moves it a little)."""
+        first = {
+            o: [r for r, k in zip(self.ratios, self.order, strict=True) if k == o]
+            for o in ("ab", "ba")
+        }
+        if not (first["ab"] and first["ba"]):
+            return 1.0
+        return statistics.median(first["ab"]) / statistics.median(first["ba"])
+
+    @property
     def seconds_a(self) -> Spread:
         return spread(self.a)
 
@@ -192,24 +217,39 @@ def alternate_samples(
     sample_b: Callable[[], float],
     pairs: int = 7,
     warmup: int = 1,
+    *,
+    settle_s: float = SETTLE_S,
 ) -> Comparison:
     """The core loop: `warmup` untimed pairs, then `pairs` pairs, the order flipped every other
-    pair (ab, ba, ab, ...). Each sampler returns the seconds of one sample."""
+    pair (ab, ba, ab, ...), each sample after a pause of `settle_s`. Each sampler returns the
+    seconds of one sample. Warns on stderr of an order effect (`Comparison.order_effect`)."""
     if pairs < MIN_PAIRS:
         raise ValueError(f"pairs must be at least {MIN_PAIRS}, got {pairs}")
+
+    def settled(sample: Callable[[], float]) -> float:
+        time.sleep(settle_s)
+        return sample()
+
     for _ in range(warmup):
-        sample_a()
-        sample_b()
+        settled(sample_a)
+        settled(sample_b)
     result = Comparison()
     for i in range(pairs):
         if i % 2 == 0:
-            a, b = sample_a(), sample_b()
+            a, b = settled(sample_a), settled(sample_b)
             result.order.append("ab")
         else:
-            b, a = sample_b(), sample_a()
+            b, a = settled(sample_b), settled(sample_a)
             result.order.append("ba")
         result.a.append(a)
         result.b.append(b)
+    effect = result.order_effect
+    if not 1 / ORDER_WARNING <= effect <= ORDER_WARNING:
+        print(
+            f"warning: the pairs where A ran first measured {effect:.2f}x those where B did; "
+            "the median depends on the order, do not quote it",
+            file=sys.stderr,
+        )
     return result
 
 
@@ -223,6 +263,7 @@ def alternate(
     min_sample_s: float = 0.05,
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
+    settle_s: float = SETTLE_S,
 ) -> Comparison:
     """A against B in alternating pairs. Callables: seconds per call, `loops` calls per sample
     (calibrated on the slower of the two when None). Commands: wall seconds of a whole process,
@@ -245,7 +286,7 @@ def alternate(
     if loops is None and callable(a) and callable(b):
         a(), b()  # first-call costs stay out of the calibration
         n = max(calibrate(a, min_sample_s), calibrate(b, min_sample_s))
-    result = alternate_samples(sampler(a, "a"), sampler(b, "b"), pairs, warmup)
+    result = alternate_samples(sampler(a, "a"), sampler(b, "b"), pairs, warmup, settle_s=settle_s)
     if not (callable(a) and callable(b)):
         result.peak_mb = {k: v for k, v in peaks.items() if v}
     return result

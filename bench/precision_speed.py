@@ -128,6 +128,11 @@ def precision_table(folder: Path, data_dir: Path | None, pairs: int, min_sample_
     for line in verdicts:
         print(line)
     print("int8 files <= 30% of fp32: see the size column")
+    # The method's own check: a graph against a second session of itself must read 1.00x.
+    twin = Decoder.load(folder / contract.graph_file("decoder"), threads=threads)
+    c = speedup(twin, graphs[("decoder", "fp32")], inputs["decoder"], 1024, pairs, min_sample_s)
+    print("control, decoder.onnx against a second session of itself, batch 1024:", end=" ")
+    print(c.ratio.show(2, "x"))
 
 
 def _dynamic(fp32: bytes, role: str, per_channel: bool, reduce_range: bool, out: Path) -> Path:

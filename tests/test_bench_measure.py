@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -78,6 +79,42 @@ def test_a_drift_favours_neither_side(measure: ModuleType) -> None:
     ratios = same.ratios
     assert all(r > 1 for r in ratios[0::2]) and all(r < 1 for r in ratios[1::2])
     assert same.ratio.median == pytest.approx(1.0, abs=0.1)
+
+
+def test_every_sample_starts_after_the_settling_pause(measure: ModuleType) -> None:
+    """The pause lets the other contender's spinning threads go idle; it is not timed."""
+    spans: list[tuple[float, float]] = []
+
+    def sample() -> float:
+        start = time.perf_counter()
+        spans.append((start, time.perf_counter()))
+        return 1.0
+
+    result = measure.alternate_samples(sample, sample, pairs=5, warmup=1, settle_s=0.02)
+    assert len(spans) == 12 and result.ratios == [1.0] * 5
+    gaps = [later[0] - earlier[1] for earlier, later in zip(spans, spans[1:], strict=False)]
+    assert min(gaps) >= 0.02
+
+
+def test_an_order_effect_is_measured_and_reported(
+    measure: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The second sample of each pair 20% slower, as after a switch of thread pools: A-first
+    pairs read 1.2x, B-first 1/1.2x, and the median is one mode or the other."""
+    log: list[str] = []
+
+    def sampler(name: str) -> Callable[[], float]:
+        def sample() -> float:
+            log.append(name)
+            return 1.2 if len(log) % 2 == 0 else 1.0
+
+        return sample
+
+    result = measure.alternate_samples(sampler("a"), sampler("b"), 7, 0, settle_s=0)
+    assert result.order_effect == pytest.approx(1.44)
+    assert "A ran first measured 1.44x those where B did" in capsys.readouterr().err
+    even = measure.alternate_samples(lambda: 1.0, lambda: 2.0, 5, 0, settle_s=0)
+    assert even.order_effect == 1.0 and capsys.readouterr().err == ""
 
 
 def test_fewer_than_five_pairs_refused(measure: ModuleType) -> None:
