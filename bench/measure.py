@@ -13,11 +13,10 @@ threads spinning for a while after each run, on the cores that the other contend
 then need, so the sample after a switch of contender ran slower. Two sessions of the same fp32
 decoder file in one process, batch 1024, 9 pairs, twice (2026-12-05): with no pause the pairs
 where A ran first read 0.94-1.45x and those where B did 0.76-0.81x (`order_effect` 1.63, 1.66),
-and the median of an odd number of pairs fell in one mode or the other (the int8 decoder read
-1.77x to 2.08x from one run to the next); with 50 ms, 0.99-1.05x and 0.99-1.02x (1.01, 1.02).
-A pause is also what a deployed process sees between bursts. If the pairs of one order still
-differ from those of the other by more than ORDER_WARNING, `alternate_samples` says so on
-stderr: the median is then not to be quoted.
+and the int8 decoder's pairs spanned 1.65-2.13x within one run; with 50 ms, 0.99-1.05x and
+0.99-1.02x (1.01, 1.02). A pause is also what a deployed process sees between bursts. If the
+pairs of one order still differ from those of the other by more than ORDER_WARNING,
+`alternate_samples` says so on stderr: the median is then not to be quoted.
 
 A contender is either a callable (timed in-process with `time.perf_counter`, `loops` calls per
 sample, calibrated so that a sample lasts at least `min_sample_s`) or a command (a list of
@@ -245,6 +244,7 @@ def alternate_samples(
         result.b.append(b)
     effect = result.order_effect
     if not 1 / ORDER_WARNING <= effect <= ORDER_WARNING:
+        sys.stdout.flush()  # the warning lands after what the bench printed before this comparison
         print(
             f"warning: the pairs where A ran first measured {effect:.2f}x those where B did; "
             "the median depends on the order, do not quote it",
