@@ -72,7 +72,8 @@ def session_options(threads: int | None = None, *, spinning: bool = True) -> ort
     """The options every mnist-vae session runs with (export verification included): all graph
     optimisations, sequential, `threads` intra-op threads (1..cpu_count(), default: all).
     `spinning` False stops the threads spinning between runs, for callers that do numpy work
-    of their own between runs (the Scorer): spinning threads would take its cores."""
+    of their own between runs (the Scorer) or run two graphs in turns: one graph's spinning
+    threads would take the cores the other's need (docs/api.md measures it)."""
     if threads is not None:
         check_int("threads", threads, 1, cpu_count())
     options = ort.SessionOptions()
