@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import sys
 import time
@@ -92,7 +93,7 @@ def test_every_sample_starts_after_the_settling_pause(measure: ModuleType) -> No
 
     result = measure.alternate_samples(sample, sample, pairs=5, warmup=1, settle_s=0.02)
     assert len(spans) == 12 and result.ratios == [1.0] * 5
-    gaps = [later[0] - earlier[1] for earlier, later in zip(spans, spans[1:], strict=False)]
+    gaps = [later[0] - earlier[1] for earlier, later in itertools.pairwise(spans)]
     assert min(gaps) >= 0.02
 
 
