@@ -59,7 +59,7 @@ demo: install
 	@echo "wrote $(OUT)/model.pt, $(OUT)/encoder.onnx, $(OUT)/decoder.onnx, $(OUT)/generated.png"
 
 # Every table of docs/benchmarks.md, after `make demo` wrote $(OUT)/ (on real MNIST when
-# VAE_DATA_DIR is set), the machine block first; a quiet machine, about 90 minutes (KServe's venv
+# VAE_DATA_DIR is set), the machine block first; a quiet machine, about 37 minutes (KServe's venv
 # for serve_peers.py is installed on first use, ~530 MB)
 # (docs/benchmarks.md#how-we-measure). `make bench QUICK=1`: each script's tiny setting, a check.
 BENCH_Q := $(if $(QUICK),--quick)
