@@ -218,10 +218,12 @@ def alternate_samples(
     warmup: int = 1,
     *,
     settle_s: float = SETTLE_S,
+    label: str = "",
 ) -> Comparison:
     """The core loop: `warmup` untimed pairs, then `pairs` pairs, the order flipped every other
     pair (ab, ba, ab, ...), each sample after a pause of `settle_s`. Each sampler returns the
-    seconds of one sample. Warns on stderr of an order effect (`Comparison.order_effect`)."""
+    seconds of one sample. Warns on stderr of an order effect (`Comparison.order_effect`),
+    naming the comparison by `label`."""
     if pairs < MIN_PAIRS:
         raise ValueError(f"pairs must be at least {MIN_PAIRS}, got {pairs}")
 
@@ -246,7 +248,8 @@ def alternate_samples(
     if not 1 / ORDER_WARNING <= effect <= ORDER_WARNING:
         sys.stdout.flush()  # the warning lands after what the bench printed before this comparison
         print(
-            f"warning: the pairs where A ran first measured {effect:.2f}x those where B did; "
+            f"warning: {label + ': ' if label else ''}the pairs where A ran first measured "
+            f"{effect:.2f}x those where B did; "
             "the median depends on the order, do not quote it",
             file=sys.stderr,
         )
@@ -264,6 +267,7 @@ def alternate(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
     settle_s: float = SETTLE_S,
+    label: str = "",
 ) -> Comparison:
     """A against B in alternating pairs. Callables: seconds per call, `loops` calls per sample
     (calibrated on the slower of the two when None). Commands: wall seconds of a whole process,
@@ -286,7 +290,9 @@ def alternate(
     if loops is None and callable(a) and callable(b):
         a(), b()  # first-call costs stay out of the calibration
         n = max(calibrate(a, min_sample_s), calibrate(b, min_sample_s))
-    result = alternate_samples(sampler(a, "a"), sampler(b, "b"), pairs, warmup, settle_s=settle_s)
+    result = alternate_samples(
+        sampler(a, "a"), sampler(b, "b"), pairs, warmup, settle_s=settle_s, label=label
+    )
     if not (callable(a) and callable(b)):
         result.peak_mb = {k: v for k, v in peaks.items() if v}
     return result

@@ -54,6 +54,7 @@ def speedup(
         lambda: ref(data, batch_size=batch),
         pairs,
         min_sample_s=min_sample_s,
+        label=f"{Path(graph.path).name} against {Path(fp32.path).name}, batch {batch}",
     )
 
 

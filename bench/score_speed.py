@@ -104,7 +104,7 @@ def main() -> None:
             for start in range(0, z.shape[0], DEFAULT_ROWS):
                 decoder.decode_logits(z[start : start + DEFAULT_ROWS], batch_size=DEFAULT_ROWS)
 
-        result = alternate(score, decode, pairs=args.repeats, loops=1)
+        result = alternate(score, decode, pairs=args.repeats, loops=1, label=f"k={k}, decoder")
         share = result.ratio  # decoder seconds / scorer seconds = scorer's share of samples/s
         target = f">= {TARGET:.2f}: {verdict(share.median, TARGET)}" if k == TARGET_K else ""
         print(
@@ -119,7 +119,7 @@ def main() -> None:
             def torch_eval(x: np.ndarray = x, settings: EvalSettings = settings) -> None:
                 evaluate(model, x, settings)
 
-            versus = alternate(score, torch_eval, pairs=args.repeats, loops=1)
+            versus = alternate(score, torch_eval, args.repeats, loops=1, label=f"k={k}, vae-eval")
             torch_rows.append((k, n, versus))
     if torch_rows:
         print()

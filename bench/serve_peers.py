@@ -215,7 +215,9 @@ def compare(
 ) -> Row:
     sample_ours, ours_cells = sampler(ours, requests[0], concurrency, args)
     sample_peer, peer_cells = sampler(peer, requests[1], concurrency, args)
-    result = alternate_samples(sample_ours, sample_peer, pairs=args.pairs, warmup=1)
+    result = alternate_samples(
+        sample_ours, sample_peer, pairs=args.pairs, warmup=1, label=f"{peer.name}, {label}"
+    )
     ours_cells, peer_cells = ours_cells[1:], peer_cells[1:]  # the warm-up pair out
     p99 = [p.ms(0.99) / o.ms(0.99) for o, p in zip(ours_cells, peer_cells, strict=True)]
     return Row(label, result.ratios, p99, ours_cells, peer_cells)
@@ -284,7 +286,9 @@ def grpc_rows(ours: Server, latent: int, args: argparse.Namespace) -> list[Row]:
             via_http, http_cells = triton_sampler(
                 "http", f"127.0.0.1:{ours.port}", batch, latent, c, args
             )
-            result = alternate_samples(via_grpc, via_http, pairs=args.pairs, warmup=1)
+            result = alternate_samples(
+                via_grpc, via_http, args.pairs, warmup=1, label=f"gRPC, b{batch} c={c}"
+            )
             g, h = grpc_cells[1:], http_cells[1:]
             p99 = [b.ms(0.99) / a.ms(0.99) for a, b in zip(g, h, strict=True)]
             rows.append(Row(f"binary b{batch} c={c}", result.ratios, p99, g, h))

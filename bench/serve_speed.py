@@ -488,7 +488,13 @@ def cluster_comparison(args: argparse.Namespace, onnx_dir: Path, latent: int) ->
                     for c in CONCURRENCY:
                         sample_ours, our_cells = sampler(ours.pid, our_port, requests, c, args)
                         sample_ray, ray_cells = sampler(None, ray_port, requests, c, args)
-                        result = alternate_samples(sample_ours, sample_ray, args.pairs, warmup=1)
+                        result = alternate_samples(
+                            sample_ours,
+                            sample_ray,
+                            args.pairs,
+                            warmup=1,
+                            label=f"{n} replica(s), {scenario} c={c}",
+                        )
                         mine, theirs = our_cells[1:], ray_cells[1:]  # the warm-up pair out
                         print(
                             f"  vae-serve {n} worker(s) / Ray Serve {n} replica(s), {scenario:<16} "

@@ -113,7 +113,7 @@ def main() -> None:
                     _sampler(args.data_dir, epochs, name, together, Path(tmp), epoch_s[name])
                     for name in (DEFAULT, other)
                 )
-                c = alternate_samples(a, b, args.pairs, warmup=1)
+                c = alternate_samples(a, b, args.pairs, warmup=1, label=f"{case}, {other}")
                 mine, theirs = epoch_s[DEFAULT][1:], epoch_s[other][1:]  # [0]: the warm-up
                 per_epoch = spread([t / m for m, t in zip(mine, theirs, strict=True)])
                 rows.append(

@@ -159,7 +159,7 @@ def main() -> None:
                     )
                     return float(seen["page"][-1][2])
 
-                c = alternate_samples(py, worker, args.pairs, warmup=0)
+                c = alternate_samples(py, worker, args.pairs, warmup=0, label=f"batch {batch}")
                 page_s, trip_s, py_s = (_medians(seen[k]) for k in ("page", "trip", "py"))
                 rows.append((batch, page_s, trip_s, py_s, c.ratio))
             browser.close()

@@ -111,9 +111,11 @@ def test_an_order_effect_is_measured_and_reported(
 
         return sample
 
-    result = measure.alternate_samples(sampler("a"), sampler("b"), 7, 0, settle_s=0)
+    result = measure.alternate_samples(sampler("a"), sampler("b"), 7, 0, settle_s=0, label="b25")
     assert result.order_effect == pytest.approx(1.44)
-    assert "A ran first measured 1.44x those where B did" in capsys.readouterr().err
+    assert "warning: b25: the pairs where A ran first measured 1.44x those where B did" in (
+        capsys.readouterr().err
+    )
     even = measure.alternate_samples(lambda: 1.0, lambda: 2.0, 5, 0, settle_s=0)
     assert even.order_effect == 1.0 and capsys.readouterr().err == ""
 
