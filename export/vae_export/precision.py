@@ -1,11 +1,18 @@
 """int8 and fp16 graphs made from the verified fp32 ones, and the quality gate they must pass.
 
-int8 is onnxruntime's dynamic quantization: int8 weights per output channel, activations
-quantized per batch at run time (MatMulInteger). The one or two small layers next to the latent
-(the decoder's first, the encoder's mu and logvar heads) stay float32: they hold under 2% of the
-weights but, quantized, most of the error, because 20 latent values of wide range share one
-8-bit scale. Static QDQ (percentile or entropy calibration on test images and prior samples) was
-measured against it and lost on quality at no gain in speed: `bench/generate_speed.py --methods`.
+int8 is onnxruntime's dynamic quantization: 8-bit weights per output channel, activations quantized
+per batch at run time (MatMulInteger). The weights are unsigned (u8 x u8): with signed weights (u8
+x s8), onnxruntime's x86 kernels on CPUs without VNNI (AVX2, AVX-512 without VNNI) add pairs of
+products in saturating 16-bit integers (vpmaddubsw), and a pixel of 255 times a weight near 127
+overflows them. On an AVX2-only EPYC the encoder's mu then moved by up to 0.33 and the test BCE by
+0.42 nats; the same recipe on a VNNI CPU had measured 0.011. The gate runs on the export machine,
+the graph on whatever machine deploys it, and u8 x u8 does not saturate on any x86 CPU. The one
+or two small layers next to the latent (the decoder's first, the encoder's mu and logvar heads)
+stay float32: they hold under 2% of the weights but, quantized, most of the error, because 20
+latent values of wide range share one 8-bit scale. Static QDQ (percentile or entropy calibration on
+test images and prior samples) was measured against it and lost on quality at no gain in speed:
+`bench/generate_speed.py --methods`.
+
 fp16 is onnxruntime's float16 converter with float32 kept at the inputs and outputs: on x86 CPUs
 it is a file-size option only (onnxruntime casts back to float32 to compute).
 
@@ -42,8 +49,9 @@ LIMITS: dict[str, dict[str, float]] = {
     "fp16": {"pixel_max_abs": 0.002},
 }
 INT8_METHOD = (
-    "onnxruntime.quantization.quantize_dynamic: int8 weights per output channel, activations "
-    "quantized per batch; the layers next to the latent kept float32"
+    "onnxruntime.quantization.quantize_dynamic: uint8 weights per output channel (u8 x u8: "
+    "no 16-bit saturation on x86 CPUs without VNNI), activations quantized per batch; the "
+    "layers next to the latent kept float32"
 )
 _LIMIT_WORDS = {
     "pixel_max_abs": "max abs pixel error",
@@ -128,7 +136,7 @@ def _int8(model: onnx.ModelProto, role: str) -> onnx.ModelProto:
         quantize_dynamic(
             model,
             out,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QUInt8,  # u8 x u8: exact on every x86 CPU (module doc)
             per_channel=True,
             nodes_to_exclude=exclude,
         )

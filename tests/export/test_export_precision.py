@@ -114,6 +114,46 @@ def test_quality_figures_are_measured_not_assumed(every_precision: ExportResult)
     assert bad.failures == ["mean abs pixel error nan > limit 0.002"]
 
 
+def test_int8_integer_matmuls_are_exact_on_this_cpu(every_precision: ExportResult) -> None:
+    """Each MatMulInteger of the shipped int8 graphs, run alone by onnxruntime on this CPU,
+    equals numpy's int32 product, at the activations most likely to overflow (all 255, the
+    zero point 0) and at random ones. With signed weights (u8 x s8), x86 CPUs without VNNI
+    saturate pairs of products in 16 bits (an AVX2-only EPYC: wrong here); the graphs carry
+    unsigned weights, exact on every x86 CPU."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for role in C.ROLES:
+        model = onnx.load(str(every_precision.graphs[(role, "int8")]))
+        init = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+        for node in (n for n in model.graph.node if n.op_type == "MatMulInteger"):
+            weights, zero = init[node.input[1]], init[node.input[3]]
+            assert weights.dtype == zero.dtype == np.uint8  # u8 x u8 (the module doc)
+            k, n = weights.shape
+            graph = onnx.helper.make_graph(
+                [onnx.helper.make_node("MatMulInteger", ["a", "b", "", "bz"], ["y"])],
+                "one_matmul",
+                [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.UINT8, ["m", k])],
+                [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.INT32, ["m", n])],
+                [
+                    onnx.numpy_helper.from_array(weights, "b"),
+                    onnx.numpy_helper.from_array(zero, "bz"),
+                ],
+            )
+            one = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+            session = ort.InferenceSession(
+                one.SerializeToString(), providers=["CPUExecutionProvider"]
+            )
+            a = np.concatenate(
+                [np.full((8, k), 255, np.uint8), rng.integers(0, 256, (56, k), dtype=np.uint8)]
+            )
+            want = a.astype(np.int32) @ (weights.astype(np.int32) - zero.astype(np.int32))
+            np.testing.assert_array_equal(session.run(None, {"a": a})[0], want, err_msg=node.name)
+            checked += 1
+    assert checked == 2  # the encoder's fc1 and the decoder's fc4
+
+
 def _broken_lower(real: object) -> object:
     """precision.lower with the int8 decoder's output biases shifted by +1: every pixel's logit
     moves, as a wrong scale or a broken quantizer would move it."""

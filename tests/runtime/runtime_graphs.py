@@ -195,7 +195,7 @@ def quantize(model: onnx.ModelProto, path: Path) -> Path:
     """`model` through onnxruntime's dynamic int8 quantization, marked int8, saved at `path`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(model, path, weight_type=QuantType.QInt8)
+    quantize_dynamic(model, path, weight_type=QuantType.QUInt8)  # as vae-export ships
     int8 = onnx.load(path)
     assert any(n.op_type == "MatMulInteger" for n in int8.graph.node)  # really quantized
     props = {p.key: p.value for p in int8.metadata_props} | {META_PRECISION: "int8"}
