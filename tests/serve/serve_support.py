@@ -63,6 +63,7 @@ def start_server(*args: object, env: dict[str, str] | None = None) -> Running:
         stderr=subprocess.PIPE,
         text=True,
         env=full_env,
+        start_new_session=True,  # its own group: a stop that hangs takes its workers with it
     )
     assert process.stdout is not None
     line = process.stdout.readline()  # printed once the socket listens
@@ -76,10 +77,18 @@ def start_server(*args: object, env: dict[str, str] | None = None) -> Running:
 
 
 def stop_server(running: Running, timeout: float = 30) -> tuple[int, str, str]:
-    """SIGTERM, then (exit code, rest of stdout, stderr)."""
+    """SIGTERM, then (exit code, rest of stdout, stderr). A server still running after
+    `timeout` is killed with its workers, and the test fails with what it printed."""
     assert running.process is not None
     running.process.send_signal(signal.SIGTERM)
-    out, err = running.process.communicate(timeout=timeout)
+    try:
+        out, err = running.process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(running.process.pid, signal.SIGKILL)
+        out, err = running.process.communicate(timeout=30)
+        pytest.fail(
+            f"vae-serve did not stop {timeout:g} s after SIGTERM:\n{out[-2000:]}{err[-4000:]}"
+        )
     return running.process.returncode, out, err
 
 
