@@ -79,6 +79,7 @@ bench: install
 	$(BIN)/python bench/web_speed.py --onnx-dir $(OUT) --no-isolate $(BENCH_Q)
 	$(if $(VAE_DATA_DIR),$(BIN)/python bench/score_quality.py --onnx-dir $(OUT) --out $(OUT)/score_quality.png $(BENCH_Q),@echo "== score_quality.py skipped: set VAE_DATA_DIR")
 	$(BIN)/python bench/score_speed.py --onnx-dir $(OUT) --model $(OUT)/model.pt $(BENCH_DATA) $(BENCH_Q)
+	$(BIN)/python bench/score_speed.py --onnx-dir $(OUT) --turns $(BENCH_DATA) $(BENCH_Q)
 	$(if $(VAE_DATA_DIR),$(BIN)/python bench/score_speed.py --onnx-dir $(OUT) --ray $(BENCH_Q),@echo "== score_speed.py --ray skipped: set VAE_DATA_DIR")
 	$(BIN)/python -m pip install -q fastapi  # the reference server of the serving benches only
 	$(BIN)/python bench/serve_peers.py --model $(OUT)/model.pt --onnx-dir $(OUT) --grpc --swap $(BENCH_Q)

@@ -22,8 +22,9 @@ is a measurement, not a test. This script may import torch and vae_train; the ru
 Precisions (bench/precision_speed.py), for a folder exported with `vae-export --precision
 fp32,int8,fp16`: each graph against the fp32 graph of its role, in-process, at batch 1, 64 and
 1024, with the file sizes and the quality figures the export's gate recorded. `--methods` adds
-the int8 method comparison behind the shipped choice, and where the fp32 and int8 graphs spend
-their time at batch 1024, operator by operator (onnxruntime's profiler).
+the int8 method comparison behind the shipped choice, what a flat (N, 784) `logits` output
+would buy (not shipped: a contract change), and where the fp32 and int8 graphs spend their time
+at batch 1024, operator by operator (onnxruntime's profiler).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from measure import (
     spread,
     verdict,
 )
-from precision_speed import int8_methods, precision_table, profile
+from precision_speed import flat_logits, int8_methods, precision_table, profile
 
 BATCHES = (1, 64, 1024)
 
@@ -288,6 +289,8 @@ def main() -> None:
             print()
             n = 1000 if args.quick else 10_000
             int8_methods(args.precisions, args.data_dir, pairs, min_s, n)
+            print()
+            flat_logits(args.precisions, pairs, min_s)
             print()
             profile(args.precisions, args.data_dir, 10 if args.quick else 200)
         return

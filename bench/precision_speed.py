@@ -3,9 +3,10 @@
 Each figure is one lower-precision graph against the fp32 graph of the same role, in-process, at
 one batch size: `measure.alternate` (seconds per call, samples of at least --min-sample-s), the
 speed-up the median of the pairs' ratios with its spread. `--methods` compares int8 methods:
-the shipped dynamic quantization (per-channel weights), the cheap variants of it that could change
-the encoder's speed (per-tensor weights, reduced range) and onnxruntime's static QDQ with three
-calibrations, each against fp32; quality measured here.
+the shipped dynamic quantization (unsigned per-channel weights), the cheap variants of it (signed
+weights, per-tensor weights, reduced range) and onnxruntime's static QDQ with three calibrations,
+each against fp32; quality measured here, on this CPU (signed weights saturate on x86 CPUs
+without VNNI: vae_export.precision).
 """
 
 from __future__ import annotations
@@ -136,7 +137,9 @@ def precision_table(folder: Path, data_dir: Path | None, pairs: int, min_sample_
     print(c.ratio.show(2, "x"))
 
 
-def _dynamic(fp32: bytes, role: str, per_channel: bool, reduce_range: bool, out: Path) -> Path:
+def _dynamic(
+    fp32: bytes, role: str, signed: bool, per_channel: bool, reduce_range: bool, out: Path
+) -> Path:
     """The shipped quantization's recipe (vae_export.precision) with other weight settings."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -149,7 +152,7 @@ def _dynamic(fp32: bytes, role: str, per_channel: bool, reduce_range: bool, out:
         quantize_dynamic(
             model,
             out,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8 if signed else QuantType.QUInt8,
             per_channel=per_channel,
             reduce_range=reduce_range,
             nodes_to_exclude=[*kept, *(f"{name}_MatMul" for name in kept)],
@@ -239,6 +242,79 @@ def profile(folder: Path, data_dir: Path | None, calls: int) -> None:
             print(f"{name}, batch 1024, share of kernel time over {calls} calls: {text}")
 
 
+def _flat_logits(graph: bytes) -> bytes:
+    """The decoder graph with `logits` left as the last layer's own (N, 784) output and `image`
+    = Sigmoid(Reshape(logits)) still (N, 1, 28, 28): the Reshape then feeds no graph output, so
+    onnxruntime copies nothing. Not the contract (it declares (N, 1, 28, 28) logits)."""
+    import onnx
+
+    model = onnx.load_from_string(graph)
+    (reshape,) = (n for n in model.graph.node if n.op_type == "Reshape")
+    flat = reshape.input[0]
+    for node in model.graph.node:
+        node.output[:] = ["logits" if o == flat else o for o in node.output]
+    reshape.input[0], reshape.output[0] = "logits", "logits_4d"
+    (sigmoid,) = (n for n in model.graph.node if n.op_type == "Sigmoid")
+    sigmoid.input[0] = "logits_4d"
+    (out,) = (o for o in model.graph.output if o.name == "logits")
+    dims = out.type.tensor_type.shape.dim
+    dims[1].dim_value = 784
+    del dims[2:]
+    onnx.checker.check_model(model)
+    data: bytes = model.SerializeToString()
+    return data
+
+
+def flat_logits(folder: Path, pairs: int, min_sample_s: float) -> None:
+    """What a flat `logits` output would buy (docs/benchmarks.md#precisions): the fp32 and int8
+    decoders as exported against their flat-logits forms, and int8 over fp32 in each form, at
+    batch 1024 (raw sessions, the runtime's options, run as `Decoder.decode` does: the image
+    output and its bit check; the runtime refuses the flat form)."""
+    import onnxruntime as ort
+
+    from vae_runtime import contract, sample_latents
+    from vae_runtime.session import session_options
+
+    z = sample_latents(1024, contract.Manifest.load(folder / contract.MANIFEST_FILE).latent_dim, 0)
+    runs = {}
+    for precision in ("fp32", "int8"):
+        graph = (folder / contract.graph_file("decoder", precision)).read_bytes()
+        for form, data in (("as exported", graph), ("flat", _flat_logits(graph))):
+            session = ort.InferenceSession(
+                data, session_options(), providers=["CPUExecutionProvider"]
+            )
+
+            def run(session: ort.InferenceSession = session) -> np.ndarray:
+                (images,) = session.run([contract.DECODER_OUTPUT], {contract.DECODER_INPUT: z})
+                if images.view(np.uint32).max() > np.float32(1.0).view(np.uint32):
+                    raise SystemExit("a decoder image outside [0, 1]")
+                return images
+
+            runs[(precision, form)] = run
+        same = runs[(precision, "as exported")]() == runs[(precision, "flat")]()
+        if not same.all():
+            raise SystemExit(f"the flat-logits {precision} decoder's images differ")
+    print("flat logits (not shipped), batch 1024, median of alternating pairs (min-max, IQR):")
+    for precision in ("fp32", "int8"):
+        c = alternate(
+            runs[(precision, "flat")],
+            runs[(precision, "as exported")],
+            pairs,
+            min_sample_s=min_sample_s,
+            label=f"{precision} flat against as exported",
+        )
+        print(f"  {precision} decoder, flat over as exported: {c.ratio.show(2, 'x')}")
+    for form in ("as exported", "flat"):
+        c = alternate(
+            runs[("int8", form)],
+            runs[("fp32", form)],
+            pairs,
+            min_sample_s=min_sample_s,
+            label=f"int8 against fp32, {form}",
+        )
+        print(f"  int8 over fp32, {form}: {c.ratio.show(2, 'x')}")
+
+
 def int8_methods(
     folder: Path, data_dir: Path | None, pairs: int, min_sample_s: float, n: int
 ) -> None:
@@ -269,16 +345,19 @@ def int8_methods(
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         variants: dict[str, dict[str, Path]] = {}
-        for i, (label, per_channel, reduce) in enumerate(
+        for i, (label, signed, per_channel, reduce) in enumerate(
             (
-                ("dynamic, per-channel weights (shipped)", True, False),
-                ("dynamic, per-tensor weights", False, False),
-                ("dynamic, per-channel, reduced range", True, True),
+                ("dynamic, per-channel weights (shipped)", False, True, False),
+                ("dynamic, per-channel, signed weights", True, True, False),
+                ("dynamic, per-tensor weights", False, False, False),
+                ("dynamic, per-channel, signed, reduced range", True, True, True),
             )
         ):
             # a file per variant: their labels share their first words
             variants[label] = {
-                r: _dynamic(fp32[r], r, per_channel, reduce, Path(tmp) / f"dynamic{i}.{r}.onnx")
+                r: _dynamic(
+                    fp32[r], r, signed, per_channel, reduce, Path(tmp) / f"dynamic{i}.{r}.onnx"
+                )
                 for r in contract.ROLES
             }
         for method in (

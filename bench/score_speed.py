@@ -19,6 +19,13 @@ most --rows-cap / k) so that a pass stays short; images per second is what is co
 (its onnxruntime threads on every core) against `vae-score --ray` (a local Ray instance, Ray
 Data, --actors 2 of 1 CPU each, one onnxruntime thread each), in alternating pairs: what Ray
 Data costs or buys on this one machine, start-up included. Needs VAE_DATA_DIR and the ray extra.
+
+    python bench/score_speed.py --onnx-dir out --turns
+
+--turns, instead: two graphs taking turns in one process, as the Scorer's pair does (docs/api.md):
+encode a batch, decode its means, batch after batch, with both graphs loaded `spinning=False`
+against the default (each graph's threads spinning between its runs); and one decoder alone,
+the same two ways. Batches of 1, 64 and 1024 test images, alternating pairs.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +42,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import alternate, print_machine, verdict
 
+from vae_runtime import Decoder, Encoder
+from vae_runtime.contract import DECODER_FILE, ENCODER_FILE
 from vae_runtime.idx import IMAGES_MAGIC, read_idx
 from vae_runtime.scoring import DEFAULT_ROWS, Scorer
 
@@ -66,10 +76,14 @@ def main() -> None:
     parser.add_argument("--rows-cap", type=int, default=640_000, help="n x k at most per pass")
     parser.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
     parser.add_argument("--ray", action="store_true", help="vae-score against vae-score --ray")
+    parser.add_argument("--turns", action="store_true", help="two graphs in turns, spinning")
     parser.add_argument("--quick", action="store_true", help="tiny settings: a check, no figure")
     args = parser.parse_args()
     if args.ray:
         ray_comparison(args)
+        return
+    if args.turns:
+        turns_comparison(args)
         return
     if args.quick:
         args.count, args.ks, args.repeats, args.rows_cap = 64, "1,8", 5, 512
@@ -130,6 +144,46 @@ def main() -> None:
                 f"| {k} | {n:,} | {n / versus.seconds_a.median:,.0f} | "
                 f"{n / versus.seconds_b.median:,.0f} | {versus.ratio.show(2, 'x')} |"
             )
+    if args.quick:
+        print("\n(--quick: tiny settings, a check of the script; these are not figures)")
+
+
+def turns_comparison(args: argparse.Namespace) -> None:
+    """Encoder and decoder taking turns, and a decoder alone: spinning off against on."""
+    pairs = 5 if args.quick else max(args.repeats, 5)
+    min_s = 0.005 if args.quick else 0.2
+    print_machine("score_speed --turns: two graphs taking turns in one process, spinning off/on")
+    images, what = test_images(args.data_dir, 1024)
+    folder = args.onnx_dir
+    pair = {
+        spin: (
+            Encoder.load(folder / ENCODER_FILE, threads=args.threads, spinning=spin),
+            Decoder.load(folder / DECODER_FILE, threads=args.threads, spinning=spin),
+        )
+        for spin in (False, True)
+    }
+    print(f"images: {what}; spinning=False's seconds against the default's, {pairs} pairs")
+    print("| batch | encode then decode, in turns: off over on | decoder alone: off over on |")
+    print("| ---: | --- | --- |")
+    for batch in (1, 64, 1024):
+        x = images[:batch]
+        z = pair[True][0].encode(x)[0]
+
+        def turns(spin: bool, x: np.ndarray = x) -> Callable[[], object]:
+            encoder, decoder = pair[spin]
+            return lambda: decoder.decode(encoder.encode(x)[0])
+
+        def alone(spin: bool, z: np.ndarray = z) -> Callable[[], object]:
+            decoder = pair[spin][1]
+            return lambda: decoder.decode(z)
+
+        together, apart = (
+            alternate(
+                make(False), make(True), pairs, min_sample_s=min_s, label=f"{name}, batch {batch}"
+            )
+            for name, make in (("in turns", turns), ("alone", alone))
+        )
+        print(f"| {batch} | {together.ratio.show(2, 'x')} | {apart.ratio.show(2, 'x')} |")
     if args.quick:
         print("\n(--quick: tiny settings, a check of the script; these are not figures)")
 
