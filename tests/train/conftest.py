@@ -37,3 +37,14 @@ def tiny_settings() -> Callable[..., TrainSettings]:
         return TrainSettings(**values)  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 training on this CPU even without AVX512-BF16 or AMX: where torch's probe says no,
+    it is told yes, and bf16 runs emulated (correct, only slower), so its numerics are tested on
+    every CPU instead of skipped. The refusal itself: test_train_options.py."""
+    import torch
+
+    if not torch.cpu._is_avx512_bf16_supported():
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)

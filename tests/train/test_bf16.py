@@ -6,17 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from vae_train.data import MnistImages
-from vae_train.device import bf16_missing
 from vae_train.model import VAEConfig
 from vae_train.training import TrainSettings, train
 
-HAS_BF16 = not bf16_missing(torch.device("cpu"))
 
-
-@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no AVX512-BF16/AMX")
+@pytest.mark.usefixtures("bf16_cpu")
 def test_bf16_test_loss_tracks_fp32(
     tmp_path: Path, tiny_data: MnistImages, tiny_config: VAEConfig
 ) -> None:

@@ -25,7 +25,6 @@ from vae_train.training import MAX_PROGRESS_FRAMES, TrainSettings, train
 
 Settings = Callable[..., TrainSettings]
 training = importlib.import_module("vae_train.training")
-HAS_BF16 = not bf16_missing(torch.device("cpu"))
 
 
 def test_bf16_refused_where_the_cpu_lacks_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,7 +52,7 @@ def test_precision_rule() -> None:
     assert "not offered on mps" in bf16_missing(torch.device("mps"))
 
 
-@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no AVX512-BF16/AMX")
+@pytest.mark.usefixtures("bf16_cpu")
 def test_bf16_trains_float32_state_close_to_fp32(
     tmp_path: Path, tiny_data: MnistImages, tiny_config: VAEConfig, tiny_settings: Settings
 ) -> None:
