@@ -8,6 +8,7 @@ their app by import path.
 """
 
 import signal
+import sys
 
 _early: list[int] = []  # signals that came before `run` installed the handlers
 
@@ -16,14 +17,24 @@ def _remember(signum: int, frame: object) -> None:  # pragma: no cover  (console
     _early.append(signum)
 
 
-for _signum in (signal.SIGINT, signal.SIGTERM):  # first of all: nothing is imported yet
-    signal.signal(_signum, _remember)
+def _spawned_child() -> bool:
+    """True while multiprocessing prepares a spawned child: it re-imports the console script
+    (as `__mp_main__`), and so this module, in a process that is not the command. uvicorn's
+    `--workers` are such children, stopped by SIGTERM from their supervisor; a recorder here
+    would swallow one that came during their start-up, and the worker would serve on while its
+    supervisor waited for it forever."""
+    process = sys.modules.get("multiprocessing.process")
+    return process is not None and getattr(process.current_process(), "_inheriting", False)
+
+
+if not _spawned_child():
+    for _signum in (signal.SIGINT, signal.SIGTERM):  # first of all: nothing is imported yet
+        signal.signal(_signum, _remember)
 
 import contextlib
 import importlib
 import importlib.util
 import os
-import sys
 import warnings
 from collections.abc import Sequence
 from typing import NoReturn

@@ -599,3 +599,39 @@ def test_signal_while_a_finished_command_exits(world: World, tmp_path: Path) -> 
     assert not failures, "\n".join(failures)  # the outputs are complete either way
     killed = [str(r) for r in ends if r.code < 0]
     assert not killed, "killed without a line:\n" + "\n".join(killed)
+
+
+_SPAWNING_SCRIPT = """
+import multiprocessing
+import signal
+import sys
+
+from vae_runtime import entrypoints  # what every console script imports first
+
+
+def child(queue):
+    queue.put(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("spawn")  # as uvicorn starts --workers
+    queue = context.Queue()
+    worker = context.Process(target=child, args=(queue,))
+    worker.start()
+    print(queue.get(timeout=60), signal.getsignal(signal.SIGTERM).__name__)
+    worker.join()
+"""
+
+
+def test_a_spawned_worker_is_stopped_by_sigterm_from_its_start(tmp_path: Path) -> None:
+    """A worker process spawned by a command (uvicorn's --workers) re-imports the console script;
+    the command's early recorder of signals must not be installed there, or a SIGTERM from the
+    supervisor during the worker's start-up is recorded, never acted on, and the supervisor
+    waits for the worker forever (seen once in make test: vae-serve --workers 2 hung)."""
+    script = tmp_path / "spawning.py"
+    script.write_text(_SPAWNING_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "_remember"]  # the child: default; the command: not
