@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime as ort
 
+from . import int8
 from .contract import (
     DECODER,
     DECODER_INPUT,
@@ -86,6 +87,9 @@ def session_options(threads: int | None = None, *, spinning: bool = True) -> ort
     options.log_severity_level = 3  # errors only: warnings would break the one-line contract
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    exact = int8.exact_option()  # int8 graphs with signed weights: exact on x86 without VNNI
+    if exact is not None:
+        options.add_session_config_entry(*exact)
     # The process-wide logger too: onnxruntime logs through it before a session's own logger
     # exists (environment set-up, device discovery), and its warnings are not the user's to read.
     ort.set_default_logger_severity(3)
@@ -205,7 +209,8 @@ class _Graph:
         chosen = check_providers(providers)
         data, manifest = _read_graph(path)
         try:
-            session = ort.InferenceSession(data, options, providers=chosen)
+            # Signed int8 weights where this CPU multiplies them exactly (and faster): int8.py
+            session = ort.InferenceSession(int8.prepare(data), options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own types (Fail, InvalidProtobuf, ...)
             detail = " ".join(str(exc).split())[:200]
             raise ModelFileError(

@@ -1,0 +1,225 @@
+"""int8 graphs run exactly on every CPU and as fast as its kernels allow (vae_runtime.int8).
+
+`signed_weights` must change only MatMulInteger's weights and zero points (each minus 128, as
+int8), and a converted graph must compute the same bits as the file, under the options the
+runtime loads every graph with: natively on a VNNI CPU, through onnxruntime's own u8 x u8
+conversion (`session.x64quantprecision`) on an x86 CPU without VNNI. Either way these tests run
+and assert on this CPU; none is skipped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+from runtime_graphs import build_decoder, build_encoder, quantize
+
+from vae_runtime import int8
+from vae_runtime.session import Decoder, Encoder, session_options
+
+
+def _matmul(
+    weights: np.ndarray,
+    zero: np.ndarray | None,
+    *,
+    int32_zero: bool = False,
+    extra_reader: bool = False,
+    declared: bool = False,
+) -> bytes:
+    """One MatMulInteger (a: uint8 [m, k]) with these weights and zero point, serialized."""
+    k, n = weights.shape
+    b = numpy_helper.from_array(weights, "b")
+    inits = [b]
+    inputs = ["a", "b", "", "bz" if zero is not None else ""]
+    if zero is not None:
+        bz = numpy_helper.from_array(zero, "bz")
+        if int32_zero:  # as onnxruntime's quantizer stores it: int32_data, not raw_data
+            bz = helper.make_tensor("bz", TensorProto.UINT8, zero.shape, zero.tolist())
+        inits.append(bz)
+    nodes = [helper.make_node("MatMulInteger", inputs[: 4 if zero is not None else 2], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.INT32, ["m", n])]
+    if extra_reader:
+        nodes.append(helper.make_node("Cast", ["b"], ["b32"], to=TensorProto.INT32))
+        outputs.append(helper.make_tensor_value_info("b32", TensorProto.INT32, [k, n]))
+    graph_inputs = [helper.make_tensor_value_info("a", TensorProto.UINT8, ["m", k])]
+    if declared:  # IR 3 style: initializers listed as graph inputs too
+        graph_inputs.append(helper.make_tensor_value_info("b", TensorProto.UINT8, [k, n]))
+    graph = helper.make_graph(nodes, "one_matmul", graph_inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return model.SerializeToString()
+
+
+def _run(data: bytes, a: np.ndarray) -> np.ndarray:
+    """The graph's first output on `a`, in a session made as the runtime makes them."""
+    session = ort.InferenceSession(data, session_options(), providers=["CPUExecutionProvider"])
+    out: np.ndarray = session.run(None, {session.get_inputs()[0].name: a})[0]
+    return out
+
+
+def _initializers(data: bytes) -> dict[str, np.ndarray]:
+    model = onnx.load_from_string(data)
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+@pytest.mark.parametrize("int32_zero", [False, True], ids=["raw zero point", "int32_data"])
+def test_weights_and_zero_points_become_int8_minus_128(int32_zero: bool) -> None:
+    rng = np.random.default_rng(0)
+    weights = rng.integers(0, 256, (48, 10), dtype=np.uint8)
+    zero = rng.integers(0, 256, (10,), dtype=np.uint8)
+    data = _matmul(weights, zero, int32_zero=int32_zero)
+    signed = int8.signed_weights(data)
+    assert signed is not None
+    before, after = _initializers(data), _initializers(signed)
+    assert after["b"].dtype == after["bz"].dtype == np.int8
+    np.testing.assert_array_equal(after["b"].astype(np.int16), weights.astype(np.int16) - 128)
+    np.testing.assert_array_equal(after["bz"].astype(np.int16), zero.astype(np.int16) - 128)
+    onnx.checker.check_model(onnx.load_from_string(signed), full_check=True)
+    # The products (w - zp) are the same integers, so the outputs are the same bits.
+    a = np.concatenate([np.full((4, 48), 255, np.uint8), rng.integers(0, 256, (28, 48), np.uint8)])
+    want = a.astype(np.int32) @ (weights.astype(np.int32) - zero.astype(np.int32))
+    np.testing.assert_array_equal(_run(signed, a), want)
+    np.testing.assert_array_equal(_run(data, a), want)
+    assert before.keys() == after.keys()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    k=st.integers(1, 70),
+    n=st.integers(1, 12),
+    seed=st.integers(0, 2**32 - 1),
+    int32_zero=st.booleans(),
+)
+def test_converted_matmuls_equal_numpy_on_this_cpu(
+    k: int, n: int, seed: int, int32_zero: bool
+) -> None:
+    """Any uint8 weights and zero points, converted, give numpy's exact int32 product on this
+    CPU (with VNNI natively, without it through the session option)."""
+    rng = np.random.default_rng(seed)
+    weights = rng.integers(0, 256, (k, n), dtype=np.uint8)
+    weights[:, 0] = 255  # the column most likely to overflow 16-bit pair sums, if anything did
+    zero = rng.integers(0, 256, (n,), dtype=np.uint8)
+    signed = int8.signed_weights(_matmul(weights, zero, int32_zero=int32_zero))
+    assert signed is not None
+    a = np.concatenate([np.full((3, k), 255, np.uint8), rng.integers(0, 256, (5, k), np.uint8)])
+    want = a.astype(np.int32) @ (weights.astype(np.int32) - zero.astype(np.int32))
+    np.testing.assert_array_equal(_run(signed, a), want)
+
+
+def test_signed_weights_that_saturate_without_vnni_are_exact_as_the_runtime_loads_them() -> None:
+    """A graph with signed weights (int8 graphs exported before 2026-12-05, or foreign ones):
+    pairs of 255 x 127 overflow 16 bits on x86 without VNNI unless the session option is set.
+    The runtime's options make it exact on this CPU, whichever it is."""
+    k, n = 64, 4
+    weights = np.full((k, n), 127, np.int8)
+    weights[:, 1] = -127
+    data = _matmul(weights, np.zeros(n, np.int8))
+    a = np.full((2, k), 255, np.uint8)
+    want = a.astype(np.int32) @ weights.astype(np.int32)
+    np.testing.assert_array_equal(_run(data, a), want)
+    assert int8.signed_weights(data) is None  # int8 already: nothing to convert
+
+
+def test_graphs_it_does_not_handle_are_left_as_they_are() -> None:
+    rng = np.random.default_rng(1)
+    weights = rng.integers(0, 256, (8, 3), dtype=np.uint8)
+    zero = rng.integers(0, 256, (3,), dtype=np.uint8)
+    assert int8.signed_weights(_matmul(weights, zero)) is not None  # the control
+    assert int8.signed_weights(_matmul(weights, None)) is None  # zero point 0 has no int8 twin
+    assert int8.signed_weights(_matmul(weights, zero, extra_reader=True)) is None
+    assert int8.signed_weights(_matmul(weights, zero, declared=True)) is None
+    assert int8.signed_weights(b"not a protobuf \xff\xff\xff") is None
+    assert int8.signed_weights(b"") is None
+    data = _matmul(weights, zero)
+    assert int8.signed_weights(data[:-3]) is None  # truncated
+
+
+def test_external_data_is_left_alone(tmp_path: Path) -> None:
+    weights = np.random.default_rng(2).integers(0, 256, (64, 64), dtype=np.uint8)
+    model = onnx.load_from_string(_matmul(weights, np.full(64, 3, np.uint8)))
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, size_threshold=16)
+    data = (tmp_path / "m.onnx").read_bytes()
+    assert int8.signed_weights(data) is None
+
+
+def test_a_float_graph_passes_through_untouched(graphs: dict[str, Path]) -> None:
+    data = graphs["decoder"].read_bytes()
+    assert int8.signed_weights(data) is None
+    assert int8.prepare(data) is data
+
+
+@pytest.mark.parametrize("role", ["decoder", "encoder"])
+def test_a_quantized_pair_loads_converted_and_computes_the_files_bits(
+    role: str, tmp_path: Path, templates: np.ndarray
+) -> None:
+    """Decoder.load / Encoder.load of an int8 graph: on this CPU the outputs equal those of a
+    session of the file's own bytes, bit for bit; only the two weight tensors of each
+    quantized layer changed type."""
+    model = build_decoder(2, 64, templates=templates) if role == "decoder" else build_encoder(2, 64)
+    path = quantize(model, tmp_path / f"{role}.int8.onnx")
+    data = path.read_bytes()
+    signed = int8.signed_weights(data)
+    assert signed is not None
+    changed = {
+        name
+        for name, values in _initializers(signed).items()
+        if values.dtype != _initializers(data)[name].dtype
+    }
+    matmuls = [n for n in onnx.load(path).graph.node if n.op_type == "MatMulInteger"]
+    assert changed == {name for n in matmuls for name in (n.input[1], n.input[3])}
+    assert int8.prepare(data) == (signed if int8.vnni() else data)  # this CPU's choice
+    rng = np.random.default_rng(3)
+    if role == "decoder":
+        z = rng.standard_normal((64, 2)).astype(np.float32)
+        got = Decoder.load(path).decode(z)
+        want = _session_output(data, "z", z)
+    else:
+        x = rng.uniform(0, 1, (64, 1, 28, 28)).astype(np.float32)
+        got = Encoder.load(path).encode(x)[0]
+        want = _session_output(data, "image", x)
+    np.testing.assert_array_equal(got, want)
+
+
+def _session_output(data: bytes, name: str, value: np.ndarray) -> np.ndarray:
+    """The first output of the file's own bytes (no conversion) under the runtime's options."""
+    session = ort.InferenceSession(data, session_options(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    out: np.ndarray = session.run([names[0]], {name: value})[0]
+    return out
+
+
+def test_which_cpus_get_which(monkeypatch: pytest.MonkeyPatch) -> None:
+    """x86 with VNNI: converted, no option; x86 without: the option; ARM: neither."""
+    key = "session.x64quantprecision"
+    data = _matmul(np.ones((4, 2), np.uint8), np.ones(2, np.uint8))
+    monkeypatch.setattr(int8.platform, "machine", lambda: "x86_64")
+    assert int8.vnni(frozenset({"avx2", "avx512_vnni"}))
+    assert int8.vnni(frozenset({"avx2", "avx_vnni"}))
+    assert not int8.vnni(frozenset({"avx2", "avx512f", "avx512bw"}))
+    monkeypatch.setattr(int8, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert session_options().get_session_config_entry(key) == "1"
+    assert int8.prepare(data) is data  # u8 x s8 would not be exact here
+    monkeypatch.setattr(int8, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
+    assert key not in _config(session_options())  # it would undo the conversion
+    assert int8.prepare(data) == int8.signed_weights(data) != data
+    monkeypatch.setattr(int8.platform, "machine", lambda: "aarch64")
+    assert not int8.vnni(frozenset({"avx512_vnni"}))
+    assert key not in _config(session_options())
+    assert int8.prepare(data) is data
+
+
+def _config(options: ort.SessionOptions) -> set[str]:
+    """The config keys set on `options` (onnxruntime raises for a key that is not set)."""
+    keys = set()
+    for key in ("session.x64quantprecision", "session.intra_op.allow_spinning"):
+        try:
+            options.get_session_config_entry(key)
+        except Exception:  # onnxruntime's own exception type for a missing key
+            continue
+        keys.add(key)
+    return keys
