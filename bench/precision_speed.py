@@ -7,7 +7,7 @@ the shipped dynamic quantization (unsigned per-channel weights, made signed as t
 them on a VNNI CPU), the same file run as stored, the cheap variants of it (signed weights,
 per-tensor weights, reduced range) and onnxruntime's static QDQ with three calibrations, each
 against fp32; quality measured here, on this CPU, every graph loaded as the runtime loads it
-(vae_runtime.int8: signed weights are exact there on every x86 CPU).
+(vae_runtime.rewrite: signed weights are exact there on every x86 CPU).
 """
 
 from __future__ import annotations
@@ -202,17 +202,19 @@ def _static(fp32: bytes, role: str, method: Any, data: tuple[str, np.ndarray], o
 
 def op_shares(path: Path, x: np.ndarray, calls: int) -> dict[str, float]:
     """Share of each operator in the kernel time of `calls` runs of the graph at `path` on `x`
-    (onnxruntime's profiler, the runtime's session options)."""
+    (onnxruntime's profiler, loaded as the runtime loads it: its options, vae_runtime.rewrite)."""
     import json
 
     import onnxruntime as ort
 
+    from vae_runtime import rewrite
     from vae_runtime.session import session_options
 
     options = session_options()
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "vae-bench-profile")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    graph = rewrite.prepare(path.read_bytes())
+    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     for _ in range(calls):
         session.run(None, {name: x})
@@ -240,7 +242,10 @@ def profile(folder: Path, data_dir: Path | None, calls: int) -> None:
         if entry.precision in ("fp32", "int8"):
             shares = op_shares(folder / name, inputs[entry.role], calls)
             text = ", ".join(f"{op} {100 * share:.0f}%" for op, share in shares.items())
-            print(f"{name}, batch 1024, share of kernel time over {calls} calls: {text}")
+            print(
+                f"{name} (the full graph), batch 1024, share of kernel time over {calls} "
+                f"calls: {text}"
+            )
 
 
 def _flat_logits(graph: bytes) -> bytes:
@@ -267,20 +272,27 @@ def _flat_logits(graph: bytes) -> bytes:
 
 
 def flat_logits(folder: Path, pairs: int, min_sample_s: float) -> None:
-    """What a flat `logits` output would buy (docs/benchmarks.md#precisions): the fp32 and int8
-    decoders as exported against their flat-logits forms, and int8 over fp32 in each form, at
-    batch 1024 (raw sessions, the runtime's options, run as `Decoder.decode` does: the image
-    output and its bit check; the runtime refuses the flat form)."""
+    """What the decoder's image-only view buys (vae_runtime.rewrite), and what a flat `logits`
+    output would (docs/benchmarks.md#precisions): at batch 1024, the fp32 and int8 decoders as
+    exported (the full graph, fetching only `image`), as the runtime runs `decode` (the graph
+    without its `logits` output) and in the flat-logits form, each against the full graph, and
+    int8 over fp32 in each form (raw sessions, loaded as the runtime loads graphs, run as
+    `Decoder.decode` does: the image output and its bit check; the runtime refuses the flat
+    form)."""
     import onnxruntime as ort
 
-    from vae_runtime import contract, sample_latents
+    from vae_runtime import contract, rewrite, sample_latents
     from vae_runtime.session import session_options
 
     z = sample_latents(1024, contract.Manifest.load(folder / contract.MANIFEST_FILE).latent_dim, 0)
     runs = {}
+    forms = ("full graph", "image-only view", "flat")
     for precision in ("fp32", "int8"):
-        graph = (folder / contract.graph_file("decoder", precision)).read_bytes()
-        for form, data in (("as exported", graph), ("flat", _flat_logits(graph))):
+        graph = rewrite.prepare((folder / contract.graph_file("decoder", precision)).read_bytes())
+        view = rewrite.without_outputs(graph, {contract.DECODER_LOGITS})
+        if view is None:
+            raise SystemExit(f"the {precision} decoder has no {contract.DECODER_LOGITS} output")
+        for form, data in zip(forms, (graph, view, _flat_logits(graph)), strict=True):
             session = ort.InferenceSession(
                 data, session_options(), providers=["CPUExecutionProvider"]
             )
@@ -292,20 +304,21 @@ def flat_logits(folder: Path, pairs: int, min_sample_s: float) -> None:
                 return images
 
             runs[(precision, form)] = run
-        same = runs[(precision, "as exported")]() == runs[(precision, "flat")]()
-        if not same.all():
-            raise SystemExit(f"the flat-logits {precision} decoder's images differ")
-    print("flat logits (not shipped), batch 1024, median of alternating pairs (min-max, IQR):")
+        for form in forms[1:]:
+            if not (runs[(precision, form)]() == runs[(precision, forms[0])]()).all():
+                raise SystemExit(f"the {precision} decoder's images differ in the {form} form")
+    print("decoder forms, batch 1024, median of alternating pairs (min-max, IQR):")
     for precision in ("fp32", "int8"):
-        c = alternate(
-            runs[(precision, "flat")],
-            runs[(precision, "as exported")],
-            pairs,
-            min_sample_s=min_sample_s,
-            label=f"{precision} flat against as exported",
-        )
-        print(f"  {precision} decoder, flat over as exported: {c.ratio.show(2, 'x')}")
-    for form in ("as exported", "flat"):
+        for form in forms[1:]:
+            c = alternate(
+                runs[(precision, form)],
+                runs[(precision, forms[0])],
+                pairs,
+                min_sample_s=min_sample_s,
+                label=f"{precision} {form} against the full graph",
+            )
+            print(f"  {precision} decoder, {form} over the full graph: {c.ratio.show(2, 'x')}")
+    for form in forms:
         c = alternate(
             runs[("int8", form)],
             runs[("fp32", form)],
@@ -319,14 +332,14 @@ def flat_logits(folder: Path, pairs: int, min_sample_s: float) -> None:
 @contextlib.contextmanager
 def _as_stored() -> Any:
     """Graphs loaded in this block run as stored: no load-time int8 weight conversion."""
-    from vae_runtime import int8
+    from vae_runtime import rewrite
 
-    real = int8.prepare
-    int8.prepare = lambda data: data
+    real = rewrite.prepare
+    rewrite.prepare = lambda data: data
     try:
         yield
     finally:
-        int8.prepare = real
+        rewrite.prepare = real
 
 
 def int8_methods(

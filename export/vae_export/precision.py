@@ -8,7 +8,7 @@ overflows them. On an AVX2-only EPYC the encoder's mu then moved by up to 0.33 a
 0.42 nats; the same recipe on a VNNI CPU had measured 0.011. The gate runs on the export machine,
 the graph on whatever machine deploys it, and u8 x u8 does not saturate on any x86 CPU. Where
 u8 x s8 is exact and about twice as fast (x86 with VNNI), vae_runtime makes the weights signed
-as it loads them (vae_runtime.int8): the same integer products, the same output bits. The one
+as it loads them (vae_runtime.rewrite): the same integer products, the same output bits. The one
 or two small layers next to the latent (the decoder's first, the encoder's mu and logvar heads)
 stay float32: they hold under 2% of the weights but, quantized, most of the error, because 20
 latent values of wide range share one 8-bit scale. Static QDQ (percentile or entropy calibration on

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime as ort
 
-from . import int8
+from . import rewrite
 from .contract import (
     DECODER,
     DECODER_INPUT,
@@ -87,7 +87,7 @@ def session_options(threads: int | None = None, *, spinning: bool = True) -> ort
     options.log_severity_level = 3  # errors only: warnings would break the one-line contract
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    exact = int8.exact_option()  # int8 graphs with signed weights: exact on x86 without VNNI
+    exact = rewrite.exact_option()  # int8 graphs with signed weights: exact on x86 without VNNI
     if exact is not None:
         options.add_session_config_entry(*exact)
     # The process-wide logger too: onnxruntime logs through it before a session's own logger
@@ -161,11 +161,16 @@ class _Graph:
 
     interface: Interface  # the contract's declaration of the role's inputs and outputs
     role = ""
+    # Output subsets fetched often enough to get a session of their own, built on first use
+    # (rewrite.py: in the full graph an output not fetched still costs a copy per run).
+    views: tuple[tuple[str, ...], ...] = ()
 
     def __init__(
         self, session: ort.InferenceSession, path: Path, info: GraphInfo, entry: FileEntry | None
     ) -> None:
         self._session = session
+        self._views: dict[tuple[str, ...], ort.InferenceSession] = {}  # output names -> session
+        self._source: tuple[bytes, ort.SessionOptions, list[str]] | None = None
         self.path = path
         self.info = info
         self.precision = info.precision  # "fp32", "int8" or "fp16"; float32 in and out always
@@ -208,9 +213,10 @@ class _Graph:
         options = session_options(threads, spinning=spinning)
         chosen = check_providers(providers)
         data, manifest = _read_graph(path)
+        # Signed int8 weights where this CPU multiplies them exactly (and faster): rewrite.py
+        prepared = rewrite.prepare(data)
         try:
-            # Signed int8 weights where this CPU multiplies them exactly (and faster): int8.py
-            session = ort.InferenceSession(int8.prepare(data), options, providers=chosen)
+            session = ort.InferenceSession(prepared, options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own types (Fail, InvalidProtobuf, ...)
             detail = " ".join(str(exc).split())[:200]
             raise ModelFileError(
@@ -261,6 +267,7 @@ class _Graph:
                 _check_arg(path, kind, arg, name, dims)
         graph = cls(session, path, info, entry)
         graph.outputs = present
+        graph._source = (prepared, options, chosen)  # for the views, built on first use
         graph.metadata = metadata
         graph.sha256 = entry.sha256 if entry is not None else hashlib.sha256(data).hexdigest()
         return graph
@@ -270,10 +277,27 @@ class _Graph:
     ) -> list[np.ndarray]:
         """The graph's outputs `names` (default: all it has, in declared order) on `feed`."""
         try:
-            return list(self._session.run(None if names is None else list(names), feed))
+            if names is None:
+                return list(self._session.run(None, feed))
+            key = tuple(names)
+            session = self._views.get(key) or self._view(key)
+            return list(session.run(list(names), feed))
         except Exception as exc:  # a graph that loads but cannot run on this input
             detail = " ".join(str(exc).split())[:200]
             raise ModelFileError(f"{self.path}: running the graph failed: {detail}") from None
+
+    def _view(self, names: tuple[str, ...]) -> ort.InferenceSession:
+        """The session that fetches `names` at least cost: for a subset in `views`, one of the
+        graph without its other outputs (the first call builds it, ~1 ms); else the full one."""
+        session = self._session
+        if names in self.views and self._source is not None:
+            data, options, providers = self._source
+            others = {t.name for t in self.outputs} - set(names)
+            view = rewrite.without_outputs(data, others) if others else None
+            if view is not None:
+                session = ort.InferenceSession(view, options, providers=providers)
+        # Two threads may both build it; both sessions are the same graph, and one is kept.
+        return self._views.setdefault(names, session)
 
     def _finite(self, array: np.ndarray, name: str, given: np.ndarray) -> np.ndarray:
         # min and max: two reads and no temporary (isfinite() writes a bool array, a float sum
@@ -347,6 +371,7 @@ class Decoder(_Graph):
 
     interface = DECODER
     role = DECODER.role
+    views = ((DECODER_OUTPUT,), (DECODER_LOGITS,))  # decode; decode_logits (the Scorer)
 
     def decode(self, z: Any, *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """Decode latents (N, latent_dim) -> float32 images (N, 1, 28, 28), `batch_size` rows

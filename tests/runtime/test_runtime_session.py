@@ -287,6 +287,7 @@ def test_a_graph_that_loads_but_cannot_run_is_one_error(graphs: dict[str, Path])
             raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status\ncode")
 
     decoder._session = Broken()  # type: ignore[assignment]
+    decoder._views = {names: Broken() for names in decoder._views}  # type: ignore[misc]
     with pytest.raises(ModelFileError, match=r"running the graph failed: \[ONNXRuntimeError\]"):
         decoder.decode(np.zeros((3, 2), np.float32))
 

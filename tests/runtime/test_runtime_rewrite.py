@@ -1,4 +1,5 @@
-"""int8 graphs run exactly on every CPU and as fast as its kernels allow (vae_runtime.int8).
+"""Graphs rewritten as they load (vae_runtime.rewrite): int8 graphs exact on every CPU and as fast
+as its kernels allow, and the decoder's image-only view.
 
 `signed_weights` must change only MatMulInteger's weights and zero points (each minus 128, as
 int8), and a converted graph must compute the same bits as the file, under the options the
@@ -10,6 +11,7 @@ and assert on this CPU; none is skipped.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -20,7 +22,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from runtime_graphs import build_decoder, build_encoder, quantize
 
-from vae_runtime import int8
+from vae_runtime import rewrite
 from vae_runtime.session import Decoder, Encoder, session_options
 
 
@@ -73,7 +75,7 @@ def test_weights_and_zero_points_become_int8_minus_128(int32_zero: bool) -> None
     weights = rng.integers(0, 256, (48, 10), dtype=np.uint8)
     zero = rng.integers(0, 256, (10,), dtype=np.uint8)
     data = _matmul(weights, zero, int32_zero=int32_zero)
-    signed = int8.signed_weights(data)
+    signed = rewrite.signed_weights(data)
     assert signed is not None
     before, after = _initializers(data), _initializers(signed)
     assert after["b"].dtype == after["bz"].dtype == np.int8
@@ -104,7 +106,7 @@ def test_converted_matmuls_equal_numpy_on_this_cpu(
     weights = rng.integers(0, 256, (k, n), dtype=np.uint8)
     weights[:, 0] = 255  # the column most likely to overflow 16-bit pair sums, if anything did
     zero = rng.integers(0, 256, (n,), dtype=np.uint8)
-    signed = int8.signed_weights(_matmul(weights, zero, int32_zero=int32_zero))
+    signed = rewrite.signed_weights(_matmul(weights, zero, int32_zero=int32_zero))
     assert signed is not None
     a = np.concatenate([np.full((3, k), 255, np.uint8), rng.integers(0, 256, (5, k), np.uint8)])
     want = a.astype(np.int32) @ (weights.astype(np.int32) - zero.astype(np.int32))
@@ -122,21 +124,21 @@ def test_signed_weights_that_saturate_without_vnni_are_exact_as_the_runtime_load
     a = np.full((2, k), 255, np.uint8)
     want = a.astype(np.int32) @ weights.astype(np.int32)
     np.testing.assert_array_equal(_run(data, a), want)
-    assert int8.signed_weights(data) is None  # int8 already: nothing to convert
+    assert rewrite.signed_weights(data) is None  # int8 already: nothing to convert
 
 
 def test_graphs_it_does_not_handle_are_left_as_they_are() -> None:
     rng = np.random.default_rng(1)
     weights = rng.integers(0, 256, (8, 3), dtype=np.uint8)
     zero = rng.integers(0, 256, (3,), dtype=np.uint8)
-    assert int8.signed_weights(_matmul(weights, zero)) is not None  # the control
-    assert int8.signed_weights(_matmul(weights, None)) is None  # zero point 0 has no int8 twin
-    assert int8.signed_weights(_matmul(weights, zero, extra_reader=True)) is None
-    assert int8.signed_weights(_matmul(weights, zero, declared=True)) is None
-    assert int8.signed_weights(b"not a protobuf \xff\xff\xff") is None
-    assert int8.signed_weights(b"") is None
+    assert rewrite.signed_weights(_matmul(weights, zero)) is not None  # the control
+    assert rewrite.signed_weights(_matmul(weights, None)) is None  # zero point 0 has no int8 twin
+    assert rewrite.signed_weights(_matmul(weights, zero, extra_reader=True)) is None
+    assert rewrite.signed_weights(_matmul(weights, zero, declared=True)) is None
+    assert rewrite.signed_weights(b"not a protobuf \xff\xff\xff") is None
+    assert rewrite.signed_weights(b"") is None
     data = _matmul(weights, zero)
-    assert int8.signed_weights(data[:-3]) is None  # truncated
+    assert rewrite.signed_weights(data[:-3]) is None  # truncated
 
 
 def test_external_data_is_left_alone(tmp_path: Path) -> None:
@@ -144,13 +146,13 @@ def test_external_data_is_left_alone(tmp_path: Path) -> None:
     model = onnx.load_from_string(_matmul(weights, np.full(64, 3, np.uint8)))
     onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, size_threshold=16)
     data = (tmp_path / "m.onnx").read_bytes()
-    assert int8.signed_weights(data) is None
+    assert rewrite.signed_weights(data) is None
 
 
 def test_a_float_graph_passes_through_untouched(graphs: dict[str, Path]) -> None:
     data = graphs["decoder"].read_bytes()
-    assert int8.signed_weights(data) is None
-    assert int8.prepare(data) is data
+    assert rewrite.signed_weights(data) is None
+    assert rewrite.prepare(data) is data
 
 
 @pytest.mark.parametrize("role", ["decoder", "encoder"])
@@ -163,7 +165,7 @@ def test_a_quantized_pair_loads_converted_and_computes_the_files_bits(
     model = build_decoder(2, 64, templates=templates) if role == "decoder" else build_encoder(2, 64)
     path = quantize(model, tmp_path / f"{role}.int8.onnx")
     data = path.read_bytes()
-    signed = int8.signed_weights(data)
+    signed = rewrite.signed_weights(data)
     assert signed is not None
     changed = {
         name
@@ -172,7 +174,7 @@ def test_a_quantized_pair_loads_converted_and_computes_the_files_bits(
     }
     matmuls = [n for n in onnx.load(path).graph.node if n.op_type == "MatMulInteger"]
     assert changed == {name for n in matmuls for name in (n.input[1], n.input[3])}
-    assert int8.prepare(data) == (signed if int8.vnni() else data)  # this CPU's choice
+    assert rewrite.prepare(data) == (signed if rewrite.vnni() else data)  # this CPU's choice
     rng = np.random.default_rng(3)
     if role == "decoder":
         z = rng.standard_normal((64, 2)).astype(np.float32)
@@ -197,20 +199,20 @@ def test_which_cpus_get_which(monkeypatch: pytest.MonkeyPatch) -> None:
     """x86 with VNNI: converted, no option; x86 without: the option; ARM: neither."""
     key = "session.x64quantprecision"
     data = _matmul(np.ones((4, 2), np.uint8), np.ones(2, np.uint8))
-    monkeypatch.setattr(int8.platform, "machine", lambda: "x86_64")
-    assert int8.vnni(frozenset({"avx2", "avx512_vnni"}))
-    assert int8.vnni(frozenset({"avx2", "avx_vnni"}))
-    assert not int8.vnni(frozenset({"avx2", "avx512f", "avx512bw"}))
-    monkeypatch.setattr(int8, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    monkeypatch.setattr(rewrite.platform, "machine", lambda: "x86_64")
+    assert rewrite.vnni(frozenset({"avx2", "avx512_vnni"}))
+    assert rewrite.vnni(frozenset({"avx2", "avx_vnni"}))
+    assert not rewrite.vnni(frozenset({"avx2", "avx512f", "avx512bw"}))
+    monkeypatch.setattr(rewrite, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
     assert session_options().get_session_config_entry(key) == "1"
-    assert int8.prepare(data) is data  # u8 x s8 would not be exact here
-    monkeypatch.setattr(int8, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
+    assert rewrite.prepare(data) is data  # u8 x s8 would not be exact here
+    monkeypatch.setattr(rewrite, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
     assert key not in _config(session_options())  # it would undo the conversion
-    assert int8.prepare(data) == int8.signed_weights(data) != data
-    monkeypatch.setattr(int8.platform, "machine", lambda: "aarch64")
-    assert not int8.vnni(frozenset({"avx512_vnni"}))
+    assert rewrite.prepare(data) == rewrite.signed_weights(data) != data
+    monkeypatch.setattr(rewrite.platform, "machine", lambda: "aarch64")
+    assert not rewrite.vnni(frozenset({"avx512_vnni"}))
     assert key not in _config(session_options())
-    assert int8.prepare(data) is data
+    assert rewrite.prepare(data) is data
 
 
 def _config(options: ort.SessionOptions) -> set[str]:
@@ -223,3 +225,74 @@ def _config(options: ort.SessionOptions) -> set[str]:
             continue
         keys.add(key)
     return keys
+
+
+def _outputs(data: bytes) -> list[str]:
+    return [o.name for o in onnx.load_from_string(data).graph.output]
+
+
+def test_without_outputs_drops_only_the_declaration() -> None:
+    model = build_decoder(2, 16, logits=True)
+    data = model.SerializeToString()
+    view = rewrite.without_outputs(data, {"logits"})
+    assert view is not None and _outputs(view) == ["image"]
+    slim = onnx.load_from_string(view)
+    assert slim.graph.node == model.graph.node  # the nodes that make it stay
+    assert slim.graph.initializer == model.graph.initializer
+    assert slim.metadata_props == model.metadata_props
+    assert rewrite.without_outputs(data, {"no such output"}) is None
+    assert rewrite.without_outputs(build_decoder(2, 16).SerializeToString(), {"logits"}) is None
+    assert rewrite.without_outputs(b"\xff\xff not a graph", {"logits"}) is None
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_decode_runs_an_image_only_view_with_the_full_graphs_bits(
+    precision: str, tmp_path: Path, templates: np.ndarray
+) -> None:
+    """A decoder with logits decodes through a second session without them (no copy of the
+    logits per run), and decode_logits through a third without the images: the same bits as
+    the full graph gives, which still runs whatever fetches both."""
+    path = tmp_path / "decoder.onnx"
+    model = build_decoder(2, 64, templates=templates, logits=True)
+    if precision == "int8":
+        quantize(model, path)
+    else:
+        onnx.save(model, path)
+    decoder = Decoder.load(path)
+    assert decoder._views == {}  # built on first use
+    z = np.random.default_rng(4).standard_normal((300, 2)).astype(np.float32)
+    image, logits = decoder._session.run(None, {"z": z})
+    np.testing.assert_array_equal(decoder.decode(z), image)
+    np.testing.assert_array_equal(decoder.decode_logits(z), logits)
+    views = decoder._views
+    assert [o.name for o in views[("image",)].get_outputs()] == ["image"]
+    assert [o.name for o in views[("logits",)].get_outputs()] == ["logits"]
+    assert [o.name for o in decoder._session.get_outputs()] == ["image", "logits"]
+    calls: list[str] = []
+    decoder._session = _Spy("full", decoder._session, calls)  # type: ignore[assignment]
+    for names in list(views):
+        views[names] = _Spy(names[0], views[names], calls)  # type: ignore[assignment]
+    decoder.decode(z[:5])
+    decoder.decode_logits(z[:5])
+    decoder._run({"z": z[:5]}, ("image", "logits"))  # not a view: the full graph
+    assert calls == ["image", "logits", "full"]
+
+
+class _Spy:
+    """A session that records which one ran."""
+
+    def __init__(self, label: str, session: ort.InferenceSession, calls: list[str]) -> None:
+        self.label, self.session, self.calls = label, session, calls
+
+    def run(self, *args: Any) -> Any:
+        self.calls.append(self.label)
+        return self.session.run(*args)
+
+
+def test_a_decoder_without_logits_has_no_view(graphs: dict[str, Path]) -> None:
+    decoder = Decoder.load(graphs["decoder"])
+    decoder.decode(np.zeros((2, 2), np.float32))
+    assert not decoder.has_logits and decoder._views == {("image",): decoder._session}
+    encoder = Encoder.load(graphs["encoder"])
+    encoder.encode(np.zeros((2, 28, 28), np.uint8))
+    assert encoder._views == {}

@@ -1,7 +1,8 @@
-"""int8 graphs run exactly and at their best speed on the CPU at hand.
+"""Graphs rewritten as they load, for the CPU at hand and for what is asked of them; the files
+are never changed. Both rewrites give the same output bits as the file (tested).
 
-An int8 graph multiplies uint8 activations by 8-bit weights (MatMulInteger). On x86, which
-sign the weights should have depends on the CPU, not on the file:
+**int8 weights.** An int8 graph multiplies uint8 activations by 8-bit weights (MatMulInteger).
+On x86, which sign the weights should have depends on the CPU, not on the file:
 - With VNNI (avx512_vnni, avx_vnni), `vpdpbusd` multiplies u8 x s8 exactly and about twice as
   fast as onnxruntime's u8 x u8 kernels: unsigned weights are made signed as the graph loads
   (`signed_weights`). Exact: w - zp == (w - 128) - (zp - 128), so the integer sums, and every
@@ -12,14 +13,18 @@ sign the weights should have depends on the CPU, not on the file:
   (`exact_option`): a no-op for the graphs vae-export writes, a fix for older or foreign ones.
   (onnxruntime cannot be asked for the reverse, and that option also applies on VNNI CPUs, where
   it halves the speed: hence the rewrite above.)
-
 The files keep unsigned weights (vae_export.precision): exact on every CPU and for every
 consumer (Triton, the browser), with the speed-up where this runtime loads them.
 
-`signed_weights` rewrites the serialized ModelProto without the `onnx` package (not a runtime
-dependency): it walks the protobuf wire format to the graph's MatMulInteger nodes, and writes
-their weight and zero-point initializers again as INT8 `raw_data` (each value minus 128), every
-other byte of the file as it was. Anything it does not expect (external data, a weight read by
+**Outputs not asked for.** A graph output cannot share its buffer with another tensor, so the
+decoder's `logits` output costs onnxruntime a copy of every batch even when only `image` is
+fetched; `without_outputs` drops it from a second session that `Decoder.decode` runs
+(vae_runtime.session).
+
+Both edit the serialized ModelProto without the `onnx` package (not a runtime dependency): they
+walk the protobuf wire format and write again only what changes, every other byte as it was.
+`signed_weights` writes each MatMulInteger's weight and zero-point initializers as INT8
+`raw_data` (each value minus 128). Anything it does not expect (external data, a weight read by
 another node or declared in the graph's inputs, outputs or value_info, a missing zero point,
 subgraphs) leaves the graph as it is: exact, only slower.
 """
@@ -212,6 +217,36 @@ def _signed_weights(data: bytes) -> bytes | None:
         for _, _, tag, s, e in _fields(data, g_start, g_end)
     )
     return data[:graph_tag] + _field(_MODEL_GRAPH, graph) + data[g_end:]
+
+
+def without_outputs(data: bytes, names: set[str]) -> bytes | None:
+    """`data` (a serialized ModelProto) with the graph outputs `names` no longer declared as
+    outputs (the nodes that make them stay), or None if it declares none of them or is not a
+    graph this reads."""
+    try:
+        graphs = [f for f in _fields(data, 0, len(data)) if f[0] == _MODEL_GRAPH and f[1] == 2]
+        if len(graphs) != 1:
+            return None
+        _, _, graph_tag, g_start, g_end = graphs[0]
+        kept, dropped = [], 0
+        for number, wire, tag, start, end in _fields(data, g_start, g_end):
+            if number == _GRAPH_OUTPUT and wire == 2 and _value_name(data, start, end) in names:
+                dropped += 1
+            else:
+                kept.append(data[tag:end])
+    except ValueError:
+        return None
+    if not dropped:
+        return None
+    return data[:graph_tag] + _field(_MODEL_GRAPH, b"".join(kept)) + data[g_end:]
+
+
+def _value_name(data: bytes, start: int, end: int) -> str:
+    """A ValueInfoProto's name."""
+    for n, w, _, s, e in _fields(data, start, end):
+        if n == _VALUE_INFO_NAME and w == 2:
+            return _text(data, s, e)
+    return ""
 
 
 def _node(data: bytes, start: int, end: int) -> tuple[str, list[str]]:
