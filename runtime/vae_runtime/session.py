@@ -216,7 +216,14 @@ class _Graph:
         # Signed int8 weights where this CPU multiplies them exactly (and faster): rewrite.py
         prepared = rewrite.prepare(data)
         try:
-            session = ort.InferenceSession(prepared, options, providers=chosen)
+            try:
+                session = ort.InferenceSession(prepared, options, providers=chosen)
+            except Exception:
+                if prepared is data:
+                    raise
+                # A rewrite onnxruntime refuses: the file as it is (exact, only slower).
+                prepared = data
+                session = ort.InferenceSession(data, options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own types (Fail, InvalidProtobuf, ...)
             detail = " ".join(str(exc).split())[:200]
             raise ModelFileError(

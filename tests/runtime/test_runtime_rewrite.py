@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from runtime_graphs import build_decoder, build_encoder, quantize
 
 from vae_runtime import rewrite
+from vae_runtime.errors import ModelFileError
 from vae_runtime.session import Decoder, Encoder, session_options
 
 
@@ -296,3 +297,21 @@ def test_a_decoder_without_logits_has_no_view(graphs: dict[str, Path]) -> None:
     encoder = Encoder.load(graphs["encoder"])
     encoder.encode(np.zeros((2, 28, 28), np.uint8))
     assert encoder._views == {}
+
+
+def test_a_rewrite_onnxruntime_refuses_falls_back_to_the_file(
+    graphs: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Should a rewrite ever make a graph onnxruntime cannot load, the file itself is loaded
+    (exact, only slower), and a broken file is still refused in one line."""
+    monkeypatch.setattr(rewrite, "prepare", lambda data: b"\x08\x07:\x02\x08\x00broken")
+    decoder = Decoder.load(graphs["decoder"])
+    z = np.zeros((2, 2), np.float32)
+    np.testing.assert_array_equal(
+        decoder.decode(z), _session_output(graphs["decoder"].read_bytes(), "z", z)
+    )
+    broken = tmp_path / "garbage.onnx"
+    broken.write_bytes(b"not a graph at all")
+    monkeypatch.setattr(rewrite, "prepare", lambda data: data)
+    with pytest.raises(ModelFileError, match="not a loadable ONNX graph"):
+        Decoder.load(broken)
