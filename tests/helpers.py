@@ -110,3 +110,38 @@ def tree(folder: Path) -> dict[str, bytes | str]:
         else:
             found[key] = "special"
     return found
+
+
+def matmul_integer(
+    weights: np.ndarray,
+    zero: np.ndarray | None,
+    *,
+    int32_zero: bool = False,
+    extra_reader: bool = False,
+    declared: bool = False,
+) -> bytes:
+    """One MatMulInteger (a: uint8 [m, k]) with these weights and zero point, serialized;
+    `int32_zero` stores the zero point as onnxruntime's quantizer does, `extra_reader` adds a
+    node that reads the weights too, `declared` lists them among the graph's inputs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = weights.shape
+    b = numpy_helper.from_array(weights, "b")
+    inits = [b]
+    inputs = ["a", "b", "", "bz" if zero is not None else ""]
+    if zero is not None:
+        bz = numpy_helper.from_array(zero, "bz")
+        if int32_zero:  # as onnxruntime's quantizer stores it: int32_data, not raw_data
+            bz = helper.make_tensor("bz", TensorProto.UINT8, zero.shape, zero.tolist())
+        inits.append(bz)
+    nodes = [helper.make_node("MatMulInteger", inputs[: 4 if zero is not None else 2], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.INT32, ["m", n])]
+    if extra_reader:
+        nodes.append(helper.make_node("Cast", ["b"], ["b32"], to=TensorProto.INT32))
+        outputs.append(helper.make_tensor_value_info("b32", TensorProto.INT32, [k, n]))
+    graph_inputs = [helper.make_tensor_value_info("a", TensorProto.UINT8, ["m", k])]
+    if declared:  # IR 3 style: initializers listed as graph inputs too
+        graph_inputs.append(helper.make_tensor_value_info("b", TensorProto.UINT8, [k, n]))
+    graph = helper.make_graph(nodes, "one_matmul", graph_inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return model.SerializeToString()

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import functools
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -151,17 +151,42 @@ def signed_weights(data: bytes) -> bytes | None:
     """`data` (a serialized ModelProto) with each MatMulInteger's uint8 weights and zero points
     made int8 by subtracting 128 from both (the same integer products), or None when there is
     nothing to convert or the graph is laid out in a way this does not handle."""
+    return _edit_graph(data, _signed_weights)
+
+
+def without_outputs(data: bytes, names: set[str]) -> bytes | None:
+    """`data` (a serialized ModelProto) with the graph outputs `names` no longer declared as
+    outputs (the nodes that make them stay), or None if it declares none of them or is not a
+    graph this reads."""
+    return _edit_graph(data, lambda d, start, end: _without_outputs(d, start, end, names))
+
+
+def _edit_graph(data: bytes, edit: Callable[[bytes, int, int], bytes | None]) -> bytes | None:
+    """`data` with its one GraphProto replaced by edit(data, graph start, graph end), every other
+    byte kept; None where the edit returns None or `data` is not the protobuf it should be (then
+    onnxruntime will say what is wrong with it)."""
     try:
-        return _signed_weights(data)
-    except ValueError:  # not the protobuf it should be: onnxruntime will say what is wrong
+        graphs = [f for f in _fields(data, 0, len(data)) if f[0] == _MODEL_GRAPH and f[1] == 2]
+        if len(graphs) != 1:
+            return None
+        _, _, tag, start, end = graphs[0]
+        graph = edit(data, start, end)
+    except ValueError:
         return None
+    return None if graph is None else data[:tag] + _field(_MODEL_GRAPH, graph) + data[end:]
 
 
-def _signed_weights(data: bytes) -> bytes | None:
-    graphs = [f for f in _fields(data, 0, len(data)) if f[0] == _MODEL_GRAPH and f[1] == 2]
-    if len(graphs) != 1:
-        return None
-    _, _, graph_tag, g_start, g_end = graphs[0]
+def _without_outputs(data: bytes, g_start: int, g_end: int, names: set[str]) -> bytes | None:
+    fields = list(_fields(data, g_start, g_end))
+    kept = [
+        data[tag:end]
+        for number, wire, tag, start, end in fields
+        if not (number == _GRAPH_OUTPUT and wire == 2 and _value_name(data, start, end) in names)
+    ]
+    return None if len(kept) == len(fields) else b"".join(kept)  # None: none of them declared
+
+
+def _signed_weights(data: bytes, g_start: int, g_end: int) -> bytes | None:
     nodes: list[tuple[str, list[str]]] = []  # (op_type, with its domain if not ONNX's; inputs)
     declared: set[str] = set()  # names in the graph's inputs, outputs or value_info
     tensors: dict[str, tuple[int, int, np.ndarray | None]] = {}  # name -> (start, end, uint8s)
@@ -172,11 +197,7 @@ def _signed_weights(data: bytes) -> bytes | None:
         if number == _GRAPH_NODE:
             nodes.append(_node(data, start, end))
         elif number in (_GRAPH_INPUT, _GRAPH_OUTPUT, _GRAPH_VALUE_INFO):
-            declared.update(
-                _text(data, s, e)
-                for n, w, _, s, e in _fields(data, start, end)
-                if n == _VALUE_INFO_NAME and w == 2
-            )
+            declared.add(_value_name(data, start, end))
         elif number == _GRAPH_INITIALIZER:
             name, values = _uint8_tensor(data, start, end)
             if name in tensors:
@@ -212,33 +233,10 @@ def _signed_weights(data: bytes) -> bytes | None:
         )
         signed = (values ^ np.uint8(0x80)).tobytes()  # x - 128 as int8: the same bits as x ^ 0x80
         new[start] = kept + bytes([_TENSOR_DATA_TYPE << 3, _INT8]) + _field(_TENSOR_RAW, signed)
-    graph = b"".join(
+    return b"".join(
         _field(_GRAPH_INITIALIZER, new[s]) if s in new else data[tag:e]
         for _, _, tag, s, e in _fields(data, g_start, g_end)
     )
-    return data[:graph_tag] + _field(_MODEL_GRAPH, graph) + data[g_end:]
-
-
-def without_outputs(data: bytes, names: set[str]) -> bytes | None:
-    """`data` (a serialized ModelProto) with the graph outputs `names` no longer declared as
-    outputs (the nodes that make them stay), or None if it declares none of them or is not a
-    graph this reads."""
-    try:
-        graphs = [f for f in _fields(data, 0, len(data)) if f[0] == _MODEL_GRAPH and f[1] == 2]
-        if len(graphs) != 1:
-            return None
-        _, _, graph_tag, g_start, g_end = graphs[0]
-        kept, dropped = [], 0
-        for number, wire, tag, start, end in _fields(data, g_start, g_end):
-            if number == _GRAPH_OUTPUT and wire == 2 and _value_name(data, start, end) in names:
-                dropped += 1
-            else:
-                kept.append(data[tag:end])
-    except ValueError:
-        return None
-    if not dropped:
-        return None
-    return data[:graph_tag] + _field(_MODEL_GRAPH, b"".join(kept)) + data[g_end:]
 
 
 def _value_name(data: bytes, start: int, end: int) -> str:

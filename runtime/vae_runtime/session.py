@@ -112,6 +112,21 @@ def check_providers(providers: Sequence[str] | None) -> list[str]:
     return [*providers, DEFAULT_PROVIDER] if DEFAULT_PROVIDER not in providers else list(providers)
 
 
+def _new_session(
+    data: bytes, options: ort.SessionOptions, providers: list[str]
+) -> tuple[ort.InferenceSession, bytes]:
+    """A session of the file's bytes as rewrite.prepare makes them for this CPU (signed int8
+    weights where it multiplies them exactly and faster), and the bytes it was built from. Should
+    onnxruntime refuse a rewrite, the file's own bytes are used (exact, only slower)."""
+    prepared = rewrite.prepare(data)
+    try:
+        return ort.InferenceSession(prepared, options, providers=providers), prepared
+    except Exception:
+        if prepared is data:
+            raise
+    return ort.InferenceSession(data, options, providers=providers), data
+
+
 def _read_graph(path: Path) -> tuple[bytes, Manifest | None]:
     """The file's bytes, checked against the manifest.json beside it, if any (returned too)."""
     try:
@@ -163,7 +178,7 @@ class _Graph:
     role = ""
     # Output subsets fetched often enough to get a session of their own, built on first use
     # (rewrite.py: in the full graph an output not fetched still costs a copy per run).
-    views: tuple[tuple[str, ...], ...] = ()
+    view_outputs: tuple[tuple[str, ...], ...] = ()
 
     def __init__(
         self, session: ort.InferenceSession, path: Path, info: GraphInfo, entry: FileEntry | None
@@ -213,17 +228,8 @@ class _Graph:
         options = session_options(threads, spinning=spinning)
         chosen = check_providers(providers)
         data, manifest = _read_graph(path)
-        # Signed int8 weights where this CPU multiplies them exactly (and faster): rewrite.py
-        prepared = rewrite.prepare(data)
         try:
-            try:
-                session = ort.InferenceSession(prepared, options, providers=chosen)
-            except Exception:
-                if prepared is data:
-                    raise
-                # A rewrite onnxruntime refuses: the file as it is (exact, only slower).
-                prepared = data
-                session = ort.InferenceSession(data, options, providers=chosen)
+            session, prepared = _new_session(data, options, chosen)
         except Exception as exc:  # onnxruntime raises its own types (Fail, InvalidProtobuf, ...)
             detail = " ".join(str(exc).split())[:200]
             raise ModelFileError(
@@ -294,10 +300,11 @@ class _Graph:
             raise ModelFileError(f"{self.path}: running the graph failed: {detail}") from None
 
     def _view(self, names: tuple[str, ...]) -> ort.InferenceSession:
-        """The session that fetches `names` at least cost: for a subset in `views`, one of the
-        graph without its other outputs (the first call builds it, ~1 ms); else the full one."""
+        """The session that fetches `names` at least cost: for a subset in `view_outputs`, one
+        of the graph without its other outputs (the first call builds it, ~1 ms); else the full
+        one."""
         session = self._session
-        if names in self.views and self._source is not None:
+        if names in self.view_outputs and self._source is not None:
             data, options, providers = self._source
             others = {t.name for t in self.outputs} - set(names)
             view = rewrite.without_outputs(data, others) if others else None
@@ -378,7 +385,7 @@ class Decoder(_Graph):
 
     interface = DECODER
     role = DECODER.role
-    views = ((DECODER_OUTPUT,), (DECODER_LOGITS,))  # decode; decode_logits (the Scorer)
+    view_outputs = ((DECODER_OUTPUT,), (DECODER_LOGITS,))  # decode; decode_logits (the Scorer)
 
     def decode(self, z: Any, *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """Decode latents (N, latent_dim) -> float32 images (N, 1, 28, 28), `batch_size` rows

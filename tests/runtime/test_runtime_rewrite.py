@@ -17,45 +17,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import matmul_integer
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 from runtime_graphs import build_decoder, build_encoder, quantize
 
 from vae_runtime import rewrite
 from vae_runtime.errors import ModelFileError
 from vae_runtime.session import Decoder, Encoder, session_options
-
-
-def _matmul(
-    weights: np.ndarray,
-    zero: np.ndarray | None,
-    *,
-    int32_zero: bool = False,
-    extra_reader: bool = False,
-    declared: bool = False,
-) -> bytes:
-    """One MatMulInteger (a: uint8 [m, k]) with these weights and zero point, serialized."""
-    k, n = weights.shape
-    b = numpy_helper.from_array(weights, "b")
-    inits = [b]
-    inputs = ["a", "b", "", "bz" if zero is not None else ""]
-    if zero is not None:
-        bz = numpy_helper.from_array(zero, "bz")
-        if int32_zero:  # as onnxruntime's quantizer stores it: int32_data, not raw_data
-            bz = helper.make_tensor("bz", TensorProto.UINT8, zero.shape, zero.tolist())
-        inits.append(bz)
-    nodes = [helper.make_node("MatMulInteger", inputs[: 4 if zero is not None else 2], ["y"])]
-    outputs = [helper.make_tensor_value_info("y", TensorProto.INT32, ["m", n])]
-    if extra_reader:
-        nodes.append(helper.make_node("Cast", ["b"], ["b32"], to=TensorProto.INT32))
-        outputs.append(helper.make_tensor_value_info("b32", TensorProto.INT32, [k, n]))
-    graph_inputs = [helper.make_tensor_value_info("a", TensorProto.UINT8, ["m", k])]
-    if declared:  # IR 3 style: initializers listed as graph inputs too
-        graph_inputs.append(helper.make_tensor_value_info("b", TensorProto.UINT8, [k, n]))
-    graph = helper.make_graph(nodes, "one_matmul", graph_inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    return model.SerializeToString()
 
 
 def _run(data: bytes, a: np.ndarray) -> np.ndarray:
@@ -75,7 +45,7 @@ def test_weights_and_zero_points_become_int8_minus_128(int32_zero: bool) -> None
     rng = np.random.default_rng(0)
     weights = rng.integers(0, 256, (48, 10), dtype=np.uint8)
     zero = rng.integers(0, 256, (10,), dtype=np.uint8)
-    data = _matmul(weights, zero, int32_zero=int32_zero)
+    data = matmul_integer(weights, zero, int32_zero=int32_zero)
     signed = rewrite.signed_weights(data)
     assert signed is not None
     before, after = _initializers(data), _initializers(signed)
@@ -107,7 +77,7 @@ def test_converted_matmuls_equal_numpy_on_this_cpu(
     weights = rng.integers(0, 256, (k, n), dtype=np.uint8)
     weights[:, 0] = 255  # the column most likely to overflow 16-bit pair sums, if anything did
     zero = rng.integers(0, 256, (n,), dtype=np.uint8)
-    signed = rewrite.signed_weights(_matmul(weights, zero, int32_zero=int32_zero))
+    signed = rewrite.signed_weights(matmul_integer(weights, zero, int32_zero=int32_zero))
     assert signed is not None
     a = np.concatenate([np.full((3, k), 255, np.uint8), rng.integers(0, 256, (5, k), np.uint8)])
     want = a.astype(np.int32) @ (weights.astype(np.int32) - zero.astype(np.int32))
@@ -121,7 +91,7 @@ def test_signed_weights_that_saturate_without_vnni_are_exact_as_the_runtime_load
     k, n = 64, 4
     weights = np.full((k, n), 127, np.int8)
     weights[:, 1] = -127
-    data = _matmul(weights, np.zeros(n, np.int8))
+    data = matmul_integer(weights, np.zeros(n, np.int8))
     a = np.full((2, k), 255, np.uint8)
     want = a.astype(np.int32) @ weights.astype(np.int32)
     np.testing.assert_array_equal(_run(data, a), want)
@@ -132,19 +102,21 @@ def test_graphs_it_does_not_handle_are_left_as_they_are() -> None:
     rng = np.random.default_rng(1)
     weights = rng.integers(0, 256, (8, 3), dtype=np.uint8)
     zero = rng.integers(0, 256, (3,), dtype=np.uint8)
-    assert rewrite.signed_weights(_matmul(weights, zero)) is not None  # the control
-    assert rewrite.signed_weights(_matmul(weights, None)) is None  # zero point 0 has no int8 twin
-    assert rewrite.signed_weights(_matmul(weights, zero, extra_reader=True)) is None
-    assert rewrite.signed_weights(_matmul(weights, zero, declared=True)) is None
+    assert rewrite.signed_weights(matmul_integer(weights, zero)) is not None  # the control
+    assert (
+        rewrite.signed_weights(matmul_integer(weights, None)) is None
+    )  # zero point 0 has no int8 twin
+    assert rewrite.signed_weights(matmul_integer(weights, zero, extra_reader=True)) is None
+    assert rewrite.signed_weights(matmul_integer(weights, zero, declared=True)) is None
     assert rewrite.signed_weights(b"not a protobuf \xff\xff\xff") is None
     assert rewrite.signed_weights(b"") is None
-    data = _matmul(weights, zero)
+    data = matmul_integer(weights, zero)
     assert rewrite.signed_weights(data[:-3]) is None  # truncated
 
 
 def test_external_data_is_left_alone(tmp_path: Path) -> None:
     weights = np.random.default_rng(2).integers(0, 256, (64, 64), dtype=np.uint8)
-    model = onnx.load_from_string(_matmul(weights, np.full(64, 3, np.uint8)))
+    model = onnx.load_from_string(matmul_integer(weights, np.full(64, 3, np.uint8)))
     onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, size_threshold=16)
     data = (tmp_path / "m.onnx").read_bytes()
     assert rewrite.signed_weights(data) is None
@@ -199,7 +171,7 @@ def _session_output(data: bytes, name: str, value: np.ndarray) -> np.ndarray:
 def test_which_cpus_get_which(monkeypatch: pytest.MonkeyPatch) -> None:
     """x86 with VNNI: converted, no option; x86 without: the option; ARM: neither."""
     key = "session.x64quantprecision"
-    data = _matmul(np.ones((4, 2), np.uint8), np.ones(2, np.uint8))
+    data = matmul_integer(np.ones((4, 2), np.uint8), np.ones(2, np.uint8))
     monkeypatch.setattr(rewrite.platform, "machine", lambda: "x86_64")
     assert rewrite.vnni(frozenset({"avx2", "avx512_vnni"}))
     assert rewrite.vnni(frozenset({"avx2", "avx_vnni"}))
