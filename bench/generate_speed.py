@@ -22,9 +22,10 @@ is a measurement, not a test. This script may import torch and vae_train; the ru
 Precisions (bench/precision_speed.py), for a folder exported with `vae-export --precision
 fp32,int8,fp16`: each graph against the fp32 graph of its role, in-process, at batch 1, 64 and
 1024, with the file sizes and the quality figures the export's gate recorded. `--methods` adds
-the int8 method comparison behind the shipped choice, what a flat (N, 784) `logits` output
-would buy (not shipped: a contract change), and where the fp32 and int8 graphs spend their time
-at batch 1024, operator by operator (onnxruntime's profiler).
+the int8 method comparison behind the shipped choice, the decoder's forms at batch 1024 (the
+full graph, the image-only view `decode` runs, and a flat (N, 784) `logits`, not shipped: a
+contract change), and where the fp32 and int8 graphs spend their time at batch 1024, operator by
+operator (onnxruntime's profiler).
 """
 
 from __future__ import annotations
