@@ -1,6 +1,8 @@
 """Benchmark: vae-train's loop against the common per-image Dataset/DataLoader way, same data,
 and against the hand-written backward pass it used before, in the same run; whole
-processes (`vae-train` against bench/reference_vae.py, 5 and 10 epochs); fp32 against bf16.
+processes (`vae-train` against bench/reference_vae.py, 5 and 10 epochs); where a 5-epoch
+process's seconds go (bench/train_probe.py: start-up, data, each epoch's parts, files, exit);
+fp32 against bf16.
 
     python bench/train_speed.py --data-dir /path/to/mnist      (or VAE_DATA_DIR=...)
     python bench/train_speed.py --quick                        (a check, in about a minute)
@@ -22,8 +24,10 @@ at least 15% faster per epoch here. The three run in turn, `--pairs` times, the 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +40,15 @@ tune_threads(True)  # vae-train's default, before torch loads; every contender r
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from measure import alternate, alternate_samples, print_machine, spread, verdict  # noqa: E402
+from measure import (  # noqa: E402
+    alternate,
+    alternate_samples,
+    every_cpu,
+    print_machine,
+    run_process,
+    spread,
+    verdict,
+)
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
@@ -227,13 +239,15 @@ def bf16_rate(batch: int = 128, hidden: int = 400, seconds: float = 1.0) -> floa
     return len(rates) / sum(1 / r for r in rates)
 
 
-def whole_process(data_dir: str, pairs: int, epochs_list: tuple[int, ...]) -> None:
+def whole_process(data_dir: str, pairs: int, epochs_list: tuple[int, ...]) -> dict[int, float]:
     """`vae-train --epochs E` against `bench/reference_vae.py --epochs E`, whole processes in
-    alternating pairs (measure.alternate): the ratio is the median of the pairs' ratios."""
+    alternating pairs (measure.alternate): the ratio is the median of the pairs' ratios.
+    Returns the reference's median seconds per E."""
     bench = Path(__file__).parent
     vae_train = str(Path(sys.executable).parent / "vae-train")
     print("\n| whole process | vae-train (s) | reference (s) | ratio (spread) | target |")
     print("| --- | --- | --- | --- | --- |")
+    reference_s = {}
     for epochs in epochs_list:
         with tempfile.TemporaryDirectory() as out:
             ours = [vae_train, "--data-dir", data_dir, "--out", out, "-q", "-f"]
@@ -241,9 +255,98 @@ def whole_process(data_dir: str, pairs: int, epochs_list: tuple[int, ...]) -> No
             ref = [sys.executable, str(bench / "reference_vae.py"), "--data-dir", data_dir]
             result = alternate(ours, [*ref, "--epochs", str(epochs)], pairs=pairs)
         r = result.ratio
+        reference_s[epochs] = result.seconds_b.median
         print(
             f"| {epochs} epochs | {result.seconds_a.show(2)} | {result.seconds_b.show(2)} | "
             f"{r.show(2, 'x')} | >= 3x {verdict(r.median, 3.0)} |"
+        )
+    return reference_s
+
+
+def _probe(data_dir: str, epochs: int) -> list[tuple[str, float]]:
+    """One `vae-train --epochs E` process under bench/train_probe.py: its marks."""
+    probe = Path(__file__).parent / "train_probe.py"
+    with tempfile.TemporaryDirectory() as out:
+        args = [sys.executable, str(probe), "--data-dir", data_dir, "--out", out, "-q", "-f"]
+        args += ["--epochs", str(epochs), "--device", "cpu"]
+        env = {**os.environ, "VAE_PROBE_T0": repr(time.time())}
+        with every_cpu():
+            proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"train_probe.py failed ({proc.returncode}):\n{proc.stderr}")
+    return [(name, float(t)) for name, t in json.loads(proc.stdout.splitlines()[-1])["marks"]]
+
+
+def _spans(marks: list[tuple[str, float]], name: str) -> list[float]:
+    """The durations of each `name:start` .. `name:end` pair, in order."""
+    starts = [t for n, t in marks if n == f"{name}:start"]
+    ends = [t for n, t in marks if n == f"{name}:end"]
+    return [end - start for start, end in zip(starts, ends, strict=True)]
+
+
+def parts(data_dir: str, runs: int, epochs: int, reference_s: float | None = None) -> None:
+    """Where the seconds of one `vae-train --epochs E` process go: medians over `runs` processes
+    (bench/train_probe.py), beside `python -c "import torch"` (ended by os._exit, as vae-train
+    ends), the floor any torch program starts from. With the reference's seconds (the whole
+    section's median), the ratio a vae-train would reach if nothing but `import torch` and its
+    epochs' steady cost remained: how far trimming the rest can take it."""
+    floor_cmd = [sys.executable, "-c", "import os, torch; os._exit(0)"]
+    rows: dict[str, list[float]] = {}
+    floors = []
+    for _ in range(runs):
+        floors.append(run_process(floor_cmd).seconds)
+        marks = _probe(data_dir, epochs)
+        at = dict(marks)
+        trains, evals, files = (_spans(marks, n) for n in ("epoch", "eval", "files"))
+        steady = len(trains) > 1
+        values = {
+            "start-up: the interpreter and its imports (torch, typer, the training code)": at[
+                "imports"
+            ],
+            "reading the IDX files": _spans(marks, "data")[0],
+            "epoch 1: training pass": trains[0],
+            "epoch 1: test evaluation": evals[0],
+            "a later epoch: training pass (median)": float(np.median(trains[1:]))
+            if steady
+            else math.nan,
+            "a later epoch: test evaluation (median)": float(np.median(evals[1:]))
+            if steady
+            else math.nan,
+            "each epoch's set of files (median)": float(np.median(files)),
+        }
+        accounted = at["imports"] + _spans(marks, "data")[0] + sum(trains + evals + files)
+        values["the rest: checks, model set-up, samples, exit"] = at["exit"] - accounted
+        values["the whole process"] = at["exit"]
+        for key, value in values.items():
+            rows.setdefault(key, []).append(value)
+    print(
+        f"\n| one `vae-train --epochs {epochs}` process, {runs} runs | seconds (median, min-max) |"
+    )
+    print("| --- | --- |")
+    for key, values in rows.items():
+        s = spread(values)
+        print(f"| {key} | {s.median:.3f} ({s.low:.3f}-{s.high:.3f}) |")
+    floor = spread(floors)
+    print(
+        f'| `python -c "import torch"` alone, for comparison | {floor.median:.3f} '
+        f"({floor.low:.3f}-{floor.high:.3f}) |"
+    )
+    med = {k: float(np.median(v)) for k, v in rows.items()}
+    epoch_s = (
+        med["a later epoch: training pass (median)"]
+        + med["a later epoch: test evaluation (median)"]
+    )
+    warmup = med["epoch 1: training pass"] + med["epoch 1: test evaluation"] - epoch_s
+    outside = med["the whole process"] - epochs * epoch_s - floor.median
+    print(
+        f"steady epoch (training + evaluation): {epoch_s:.3f} s; epoch 1's warm-up: "
+        f"{warmup:+.3f} s; beyond `import torch` and {epochs} steady epochs: {outside:.3f} s"
+    )
+    if reference_s is not None and math.isfinite(epoch_s):
+        best = reference_s / (floor.median + epochs * epoch_s)
+        print(
+            f"with nothing but `import torch` and {epochs} steady epochs, vae-train would be "
+            f"{best:.2f}x the reference's {reference_s:.2f} s (target 3x)"
         )
 
 
@@ -298,9 +401,10 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=7, help="alternating pairs (at least 5)")
     parser.add_argument(
         "--sections",
-        default="epoch,whole,precision",
+        default="epoch,whole,parts,precision",
         help="comma-separated: epoch (per-epoch table, hand-written backward), whole (whole "
-        "processes, 5 and 10 epochs), precision (fp32 against bf16, 3 seeds)",
+        "processes, 5 and 10 epochs), parts (where a 5-epoch process's seconds go), precision "
+        "(fp32 against bf16, 3 seeds)",
     )
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the precision section")
     parser.add_argument(
@@ -320,8 +424,12 @@ def main() -> None:
         f"data: {n_train} train / {n_test} test images from {data.source}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
     )
+    reference_s: dict[int, float] = {}
     if "whole" in sections:
-        whole_process(args.data_dir, args.pairs, (1,) if args.quick else (5, 10))
+        reference_s = whole_process(args.data_dir, args.pairs, (1,) if args.quick else (5, 10))
+    if "parts" in sections:
+        e = 2 if args.quick else 5
+        parts(args.data_dir, args.pairs, e, reference_s.get(e))
     if "precision" in sections:
         precisions(data, args.epochs, args.seeds, args.pairs)
     if "epoch" not in sections:
