@@ -379,3 +379,44 @@ def test_the_compute_dtype_is_not_a_graph_precision() -> None:
         with pytest.raises(InvalidArgumentError, match="--precision must be one of fp32, bf16"):
             TrainSettings(compute_dtype=bad)  # type: ignore[arg-type]
     require_compute_dtype("fp32", torch.device("cpu"))  # fp32 runs anywhere
+
+
+def test_objects_made_before_the_epochs_are_out_of_the_collectors_sight_while_they_run(
+    tmp_path: Path, tiny_data: MnistImages, tiny_config: VAEConfig, tiny_settings: Settings
+) -> None:
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    frozen: list[int] = []
+    _run(
+        tmp_path,
+        tiny_data,
+        tiny_config,
+        tiny_settings(),
+        log=lambda _: frozen.append(gc.get_freeze_count()),
+    )
+    assert len(frozen) == 2 and all(n > 10_000 for n in frozen)  # torch's modules, at least
+    assert gc.get_freeze_count() == 0  # and back in view after the run
+
+
+def test_a_callers_frozen_objects_stay_frozen_and_a_failed_run_unfreezes(
+    tmp_path: Path, tiny_data: MnistImages, tiny_config: VAEConfig, tiny_settings: Settings
+) -> None:
+    import gc
+
+    mine = [object()]  # a tracked container, frozen by "the caller"
+    gc.freeze()
+    try:
+        _run(tmp_path / "a", tiny_data, tiny_config, tiny_settings(epochs=1))
+        # gc.get_objects() lists the three generations, not the frozen objects
+        assert not any(o is mine for o in gc.get_objects())
+    finally:
+        gc.unfreeze()
+    assert any(o is mine for o in gc.get_objects())
+
+    def stop(_: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted):
+        _run(tmp_path / "b", tiny_data, tiny_config, tiny_settings(), log=stop)
+    assert gc.get_freeze_count() == 0
