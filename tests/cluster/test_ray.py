@@ -291,12 +291,15 @@ def test_a_killed_replica_is_replaced_and_no_request_fails_after(
     z = sample_latents(4, LATENT, 5)
     expected = graphs["decoder"].decode(z).tobytes()
     body = serve_support.infer_json([serve_support.z_input(z)])
-    # (when it was answered, succeeded, the replica that answered or the error)
-    outcomes: list[tuple[float, bool, str]] = []
+    # (when it was answered, succeeded, the replica that answered or the error, when it was
+    # sent). "After recovery" counts the requests sent after it: one sent to the dying replica
+    # before the new one ran can fail after it ran, and that is one of the kill's failures.
+    outcomes: list[tuple[float, bool, str, float]] = []
     stop = threading.Event()
 
     def stream() -> None:
         while not stop.is_set():
+            sent = time.monotonic()
             try:
                 status, headers, got = serve_support.request(
                     server, "POST", "/v2/models/decoder/infer", body
@@ -308,10 +311,10 @@ def test_a_killed_replica_is_replaced_and_no_request_fails_after(
                 outcome = who if ok else f"{who}: HTTP {status} {got[:80]!r}"
             except Exception as exc:
                 ok, outcome = False, f"{type(exc).__name__}: {exc}"
-            outcomes.append((time.monotonic(), ok, outcome))
+            outcomes.append((time.monotonic(), ok, outcome, sent))
 
     def answered_by(since: float) -> set[str]:
-        return {who for t, ok, who in list(outcomes) if ok and t >= since}
+        return {who for t, ok, who, _ in list(outcomes) if ok and t >= since}
 
     def wait_for(tags: set[str], since: float, seconds: float) -> bool:
         deadline = time.monotonic() + seconds
@@ -326,7 +329,7 @@ def test_a_killed_replica_is_replaced_and_no_request_fails_after(
         streams = [pool.submit(stream) for _ in range(4)]
         try:
             # Both replicas answer before the kill, each naming itself.
-            assert wait_for({victim, survivor}, 0, 30), Counter(w for _, _, w in outcomes)
+            assert wait_for({victim, survivor}, 0, 30), Counter(w for _, _, w, _ in outcomes)
             killed_at = time.monotonic()
             ray.kill(ray.get_actor(before[0], namespace="serve"), no_restart=True)
             # Recovered: a replica actor never seen before runs beside the survivor, the dead
@@ -354,13 +357,13 @@ def test_a_killed_replica_is_replaced_and_no_request_fails_after(
             for s in streams:
                 s.result()
     done = time.monotonic()
-    early = [w for t, ok, w in outcomes if t < killed_at and not ok]
-    failures = [w for t, ok, w in outcomes if not ok]
-    after = [(ok, w) for t, ok, w in outcomes if t >= recovered_at]
+    early = [w for t, ok, w, _ in outcomes if t < killed_at and not ok]
+    failures = [w for _, ok, w, _ in outcomes if not ok]
+    after = [(ok, w) for _, ok, w, sent in outcomes if sent >= recovered_at]
     by = Counter(w for ok, w in after if ok)
     summary = (
         f"replica killed: a new replica ran {recovered_at - killed_at:.1f} s later; "
-        f"{len(failures)} of {len([t for t, _, _ in outcomes if t >= killed_at])} requests since "
+        f"{len(failures)} of {sum(t >= killed_at for t, *_ in outcomes)} requests since "
         f"the kill failed; in the {done - recovered_at:.1f} s after recovery {len(after)} "
         f"requests, answered by the new replica {by[replacement]}, the survivor {by[survivor]}"
     )
