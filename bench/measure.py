@@ -49,7 +49,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -375,6 +375,17 @@ def _gpus() -> list[str]:
     return names
 
 
+def usable_cpus() -> set[int]:
+    """The CPUs this process's threads may run on: the union of every thread's affinity. Under
+    OMP_PROC_BIND, libgomp binds each of its threads to one core, the main thread included, so
+    the main thread's own mask would say 1 where the process computes on all of them."""
+    cpus: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        with suppress(OSError, ValueError):  # a thread may end while we look
+            cpus |= os.sched_getaffinity(int(task.name))
+    return cpus or os.sched_getaffinity(0)
+
+
 def machine() -> str:
     """The machine block: what every bench prints before its figures."""
     model, flags = _cpu()
@@ -383,8 +394,7 @@ def machine() -> str:
     lines = [
         f"date     {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"cpu      {model}; flags: {' '.join(flags) or 'none of ' + ' '.join(FLAGS)}",
-        f"cores    {len(os.sched_getaffinity(0))} usable (affinity) of {os.cpu_count()}; "
-        f"load average {load}",
+        f"cores    {len(usable_cpus())} usable (affinity) of {os.cpu_count()}; load average {load}",
         f"memory   {_meminfo()}",
         f"gpu      {', '.join(_gpus()) or 'none visible'}",
         f"software python {platform.python_version()}, numpy {_version('numpy')}, "

@@ -1,23 +1,26 @@
 """Profile: where one vae-train step's time goes (torch.profiler), by kind of work.
 
     python bench/train_profile.py                 (synthetic MNIST-shaped data)
-    VAE_DATA_DIR=/path/to/mnist python bench/train_profile.py --batches 200
+    VAE_DATA_DIR=/path/to/mnist python bench/train_profile.py --batches 122
 
 Runs vae-train's own epoch loop (`training._Run._train_epoch`, batch 128, the seed model
-784-400-20) over `--batches` batches under `torch.profiler`, in three variants taking turns
-`--rounds` times, each keeping its median pass: float32 through torch's BLAS (MKL;
-`VAE_ONEDNN=0`), float32 as vae-train runs it (OneDnnLinear for the large layers), and bf16
-(autocast). It prints each kind of work's share of the CPU self time: matmuls (mm, addmm,
-oneDNN's linear), element-wise work, the loss, Adam, the gather, the casts (copy_/to). It then
-times the step's 14 matmuls of each variant in isolation and works out the ceiling Amdahl's law
-allows faster matmuls alone: 1 / ((1 - m) + m / s), m the matmul share of the slower step and s
-the matmul speed-up. Last, training passes in alternating pairs (bench/measure.py): fp32
-against fp32 through MKL, and bf16 against fp32.
+784-400-20) over `--batches` batches (fewer where the data holds fewer images: per-step figures
+divide by the steps a pass took, which the first line prints) under `torch.profiler`, in three
+variants taking turns `--rounds` times, each keeping its median pass: float32 through torch's
+BLAS (MKL; `VAE_ONEDNN=0`), float32 as vae-train runs it (OneDnnLinear for the large layers),
+and bf16 (autocast), each under `flush_denormals` as vae-train's epochs run. It prints each kind
+of work's share of the CPU self time: matmuls (mm, addmm, oneDNN's linear), element-wise work,
+the loss, Adam, the gather, the casts (copy_/to). It then times the step's 14 matmuls of each
+variant in isolation and works out the ceiling Amdahl's law allows faster matmuls alone:
+1 / ((1 - m) + m / s), m the matmul share of the slower step and s the matmul speed-up. Last,
+training passes in alternating pairs (bench/measure.py): fp32 against fp32 through MKL, and
+bf16 against fp32.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 from collections import defaultdict
@@ -87,11 +90,12 @@ def breakdown(data: MnistImages, variant: str) -> tuple[dict[str, float], float]
     `variant` is fp32 or bf16."""
     run = _make_run(data, variant)
     quiet = Progress(enabled=False)
-    run._train_epoch(1, quiet, Path("model.pt"))  # warm-up: oneDNN's kernels, the allocator
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        start = time.perf_counter()
-        run._train_epoch(2, quiet, Path("model.pt"))
-        wall = time.perf_counter() - start
+    with flush_denormals():  # as vae-train runs its epochs
+        run._train_epoch(1, quiet, Path("model.pt"))  # warm-up: oneDNN's kernels, the allocator
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            run._train_epoch(2, quiet, Path("model.pt"))
+            wall = time.perf_counter() - start
     kinds: dict[str, float] = defaultdict(float)
     for event in prof.key_averages():
         if event.key.startswith(("aten::", "autograd::", "mkldnn::")):
@@ -192,10 +196,15 @@ def main() -> None:
         data = MnistImages(full.train[:n], full.test[:1000], full.source)
     else:
         data = synthetic(n)
+    # The divisor of every per-step figure: the steps a pass really takes, which are fewer than
+    # --batches when the data holds fewer images (15,604 in the real subset: 122 steps).
+    steps = math.ceil(len(data.train) / args.batch_size)
     print(
-        f"{n} images ({data.source}), batch {args.batch_size}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
+        f"{len(data.train)} images ({data.source}), batch {args.batch_size}: {steps} steps a "
+        f"pass, torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
+    if steps < args.batches:
+        print(f"(--batches {args.batches} asked for more images than the data has)")
     shares = {}
     variants = VARIANTS
     print("\n| work (ms per step, share) | fp32, MKL (VAE_ONEDNN=0) | fp32 | bf16 (autocast) |")
@@ -213,13 +222,13 @@ def main() -> None:
         row = []
         for v in variants:
             seconds = results[v][0].get(kind, 0.0)
-            row.append(f"{seconds / args.batches * 1e3:.3f} ({seconds / totals[v]:.0%})")
+            row.append(f"{seconds / steps * 1e3:.3f} ({seconds / totals[v]:.0%})")
             shares[v, kind] = seconds / totals[v]
         print(f"| {kind} | " + " | ".join(row) + " |")
-    walls = {v: results[v][1] / args.batches * 1e3 for v in variants}
+    walls = {v: results[v][1] / steps * 1e3 for v in variants}
     print(
         "| total (profiled self time) | "
-        + " | ".join(f"{totals[v] / args.batches * 1e3:.3f}" for v in variants)
+        + " | ".join(f"{totals[v] / steps * 1e3:.3f}" for v in variants)
         + " |"
     )
     print("| wall, under the profiler | " + " | ".join(f"{walls[v]:.3f}" for v in variants) + " |")

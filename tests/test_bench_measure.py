@@ -6,6 +6,7 @@ import importlib.util
 import itertools
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -175,6 +176,33 @@ def test_machine_block_names_what_moves_the_figures(measure: ModuleType) -> None
     for key in ("date", "cpu", "cores", "memory", "numpy", "onnxruntime", "torch"):
         assert key in block
     assert "usable (affinity)" in block
+
+
+def test_the_machine_block_counts_the_cpus_of_every_thread(measure: ModuleType) -> None:
+    """Under OMP_PROC_BIND libgomp binds the main thread to one core and its workers to the
+    others: the block counts the CPUs the process's threads use, not the main thread's one."""
+    every = sorted(os.sched_getaffinity(0))
+    if len(every) < 2:
+        pytest.skip("needs two CPUs to bind two threads apart")
+    bound, release = threading.Event(), threading.Event()
+
+    def worker() -> None:
+        os.sched_setaffinity(0, {every[1]})
+        bound.set()
+        release.wait(10)
+
+    thread = threading.Thread(target=worker)
+    os.sched_setaffinity(0, {every[0]})
+    thread.start()
+    try:
+        assert bound.wait(10)
+        cpus = measure.usable_cpus()
+        assert {every[0], every[1]} <= cpus  # the main thread's mask alone is {every[0]}
+        assert f"{len(cpus)} usable (affinity)" in measure.machine()
+    finally:
+        release.set()
+        thread.join()
+        os.sched_setaffinity(0, every)
 
 
 def test_a_measured_process_runs_on_every_cpu(measure: ModuleType, tmp_path: Path) -> None:
