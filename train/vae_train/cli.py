@@ -110,9 +110,9 @@ def train_command(
         "fp32",
         help="fp32 (bit-reproducible) or bf16: matmuls in bfloat16 (autocast), weights, Adam's "
         "state, loss and checkpoint in float32. Against fp32, whose matmuls run in oneDNN too, "
-        "it buys little: ~1.1x per training pass and ~1.0x per epoch on an AVX512-BF16 AMD "
-        "EPYC, at most ~1.35x (docs/vae-train.md: Speed). Refused on CPUs without bf16 "
-        "arithmetic and on GPUs (launch-bound: no gain).",
+        "it buys 1.0x-1.37x per epoch on the AVX512-BF16 AMD EPYCs measured, with the CPU and "
+        "its load; bf16 matmuls alone allow 1.31x-1.41x (docs/vae-train.md: Speed). Refused on "
+        "CPUs without bf16 arithmetic and on GPUs (launch-bound: no gain).",
     ),
     binarize: bool = typer.Option(
         False,
