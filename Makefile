@@ -87,4 +87,4 @@ bench: install
 	$(BIN)/python bench/serve_speed.py --cluster --model $(OUT)/model.pt --onnx-dir $(OUT) $(BENCH_Q)
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache .gpu_kit

@@ -2,6 +2,7 @@
 
     python bench/train_gpu.py                     (VAE_DATA_DIR: real data, else synthetic)
     python bench/train_gpu.py --quick             (seconds: checks that the script runs)
+    python bench/train_gpu.py --device cpu        (a dry run without a GPU)
 
 Per epoch at batch 128 (training pass and test evaluation, fp32): the step recorded in a CUDA
 graph (`graphs.capture_step`, the default) against the same step run eagerly (VAE_CUDA_GRAPHS=0),
@@ -9,7 +10,9 @@ in alternating pairs (bench/measure.py), each sample one more epoch of its own r
 test loss of the two after those epochs, `--precision bf16` on cuda (refused, one line), and a
 whole 10-epoch `vae-train --device cuda` process against the floor the machine sets,
 `python -c "import torch; torch.zeros(1, device='cuda')"`, alternating. Targets: at most
-0.05 s per epoch; the process at most 1.5 s above the floor.
+0.05 s per epoch; the process at most 1.5 s above the floor. `--device cpu` is a dry run of the
+whole script (both steps eager, the process against `import torch`), for checking it before a
+GPU session; bench/gpu_check.sh runs it with the tests, from the sources, on a bare machine.
 """
 
 from __future__ import annotations
@@ -34,7 +37,15 @@ from vae_train.training import TrainSettings, _Run
 
 EPOCH_TARGET_S = 0.05
 PROCESS_MARGIN_S = 1.5
-FLOOR = [sys.executable, "-c", "import torch; torch.zeros(1, device='cuda')"]
+# `python -m vae_train` is vae-train's own entry point, installed or not (gpu_check.sh runs it
+# from the sources on PYTHONPATH, on machines without this project installed).
+VAE_TRAIN = [sys.executable, "-m", "vae_train"]
+
+
+def _floor(device: torch.device) -> list[str]:
+    """The process vae-train cannot beat on `device`: import torch (and the first CUDA call)."""
+    first_call = "; torch.zeros(1, device='cuda')" if device.type == "cuda" else ""
+    return [sys.executable, "-c", "import torch" + first_call]
 
 
 def _data(data_dir: str | None, quick: bool) -> MnistImages:
@@ -84,7 +95,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("VAE_DATA_DIR"))
     parser.add_argument("--pairs", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="small data, 5 pairs")
+    parser.add_argument(
+        "--quick", action="store_true", help="small data, 5 pairs, 1-epoch processes: a check"
+    )
     parser.add_argument(
         "--device", default="cuda", help="cpu: a dry run of the script (both steps eager)"
     )
@@ -103,7 +116,8 @@ def main() -> None:
         assert captured_run._step is not None
         assert eager_run._step is None
     per_epoch = result.seconds_a
-    print("\n| GPU, batch 128, fp32 | s / epoch | target |")
+    where = "GPU" if device.type == "cuda" else f"{device.type} (a dry run: both steps eager)"
+    print(f"\n| {where}, batch 128, fp32 | s / epoch | target |")
     print("| --- | ---: | --- |")
     print(
         f"| captured step (CUDA graph) | {per_epoch.show(3)} | <= {EPOCH_TARGET_S} "
@@ -116,29 +130,22 @@ def main() -> None:
         f"test loss after {captured_run.epoch} epochs: captured {sum(losses[0]):.3f}, eager "
         f"{sum(losses[1]):.3f} (same data order and noise: equal to float32 rounding)"
     )
-    if device.type != "cuda":
+    if device.type == "cuda":
+        refused = subprocess.run(
+            [*VAE_TRAIN, "--device", "cuda", "--precision", "bf16", "--out", tempfile.mkdtemp()],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        said = refused.stderr.strip()[:160]
+        print(f"--precision bf16 on cuda: exit {refused.returncode}: {said}")
+    if not args.data_dir:
+        print("whole process: skipped (needs --data-dir or VAE_DATA_DIR)")
         return
-    refused = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "vae-train"),
-            "--device",
-            "cuda",
-            "--precision",
-            "bf16",
-            "--out",
-            tempfile.mkdtemp(),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    print(f"--precision bf16 on cuda: exit {refused.returncode}: {refused.stderr.strip()[:160]}")
-    if args.quick or not args.data_dir:
-        print("whole process: skipped (needs --data-dir or VAE_DATA_DIR, and no --quick)")
-        return
+    epochs = 1 if args.quick else 10
     with tempfile.TemporaryDirectory() as out:
         train = [
-            str(Path(sys.executable).parent / "vae-train"),
+            *VAE_TRAIN,
             "--data-dir",
             args.data_dir,
             "--out",
@@ -146,17 +153,18 @@ def main() -> None:
             "-q",
             "-f",
             "--epochs",
-            "10",
+            str(epochs),
             "--device",
-            "cuda",
+            device.type,
         ]
-        whole = alternate(train, FLOOR, pairs=5, warmup=1)
+        whole = alternate(train, _floor(device), pairs=5, warmup=1)
     gap = [a - b for a, b in zip(whole.a, whole.b, strict=True)]
     median_gap = float(np.median(gap))
     print("\n| whole process | seconds | target |")
     print("| --- | ---: | --- |")
-    print(f"| vae-train --device cuda --epochs 10 | {whole.seconds_a.show(2)} | |")
-    print(f"| floor: import torch + first CUDA call | {whole.seconds_b.show(2)} | |")
+    floor = "import torch + first CUDA call" if device.type == "cuda" else "import torch"
+    print(f"| vae-train --device {device.type} --epochs {epochs} | {whole.seconds_a.show(2)} | |")
+    print(f"| floor: {floor} | {whole.seconds_b.show(2)} | |")
     print(
         f"| vae-train minus floor (per pair) | {median_gap:.2f} ({min(gap):.2f}-{max(gap):.2f}) "
         f"| <= {PROCESS_MARGIN_S} {verdict(median_gap, PROCESS_MARGIN_S, False)} |"

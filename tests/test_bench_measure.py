@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -218,3 +219,32 @@ def test_a_measured_process_runs_on_every_cpu(measure: ModuleType, tmp_path: Pat
     finally:
         os.sched_setaffinity(0, every)
     assert out.read_text() == repr(sorted(set(range(os.cpu_count() or 1)) & every))
+
+
+def test_the_gpu_check_runs_through_as_a_dry_run_on_the_cpu(mnist_dir: Path) -> None:
+    """bench/gpu_check.sh is what a GPU session runs, once, in minutes it cannot get back: its
+    bench part and the whole-process comparison (vae-train started as `python -m vae_train`, as
+    on a machine without the project installed) run to the end on the CPU and print their
+    tables."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "PYTHON": sys.executable,
+        "DEVICE": "cpu",
+        "QUICK": "1",
+        "VAE_DATA_DIR": str(mnist_dir),
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    out = done.stdout
+    assert "| cpu (a dry run: both steps eager), batch 128, fp32 | s / epoch | target |" in out
+    assert "test loss after" in out
+    assert "| vae-train --device cpu --epochs 1 |" in out
+    assert "| floor: import torch |" in out

@@ -41,6 +41,8 @@ NOT_RUN = {  # regex on a command: why a test cannot run it
     r"kubectl ": "no Kubernetes cluster here",
     r"aws ": "no object store here",
     r"(VAE_DATA_DIR=\S+ )?python bench/": "benchmarks take minutes: `make bench` runs them",
+    r"(\w+=\S+ )*bash bench/gpu_(kit|check)\.sh": "pip downloads, and a GPU session's minutes; "
+    "test_bench_measure.py runs the check's dry run",
 }
 
 
