@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU session's checks, one script (~10 minutes on an H100/H200): tests/train with a GPU
+# The GPU session's checks, one script (minutes on an H100/H200): tests/train with a GPU
 # visible (the eager-against-captured test runs on cuda there), then bench/train_gpu.py (captured
 # against eager per epoch, bf16 refused, a 10-epoch process against the import-torch floor).
 # It fits one 10-minute device call: the tests get 300 s, the bench 240 s.
