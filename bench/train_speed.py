@@ -290,6 +290,8 @@ def parts(data_dir: str, runs: int, epochs: int, reference_s: float | None = Non
     ends), the floor any torch program starts from. With the reference's seconds (the whole
     section's median), the ratio a vae-train would reach if nothing but `import torch` and its
     epochs' steady cost remained: how far trimming the rest can take it."""
+    if epochs < 2:
+        raise ValueError(f"parts needs 2 epochs or more (a first and a later one), got {epochs}")
     floor_cmd = [sys.executable, "-c", "import os, torch; os._exit(0)"]
     rows: dict[str, list[float]] = {}
     floors = []
@@ -297,24 +299,21 @@ def parts(data_dir: str, runs: int, epochs: int, reference_s: float | None = Non
         floors.append(run_process(floor_cmd).seconds)
         marks = _probe(data_dir, epochs)
         at = dict(marks)
-        trains, evals, files = (_spans(marks, n) for n in ("epoch", "eval", "files"))
-        steady = len(trains) > 1
+        (data,), trains, evals, files = (
+            _spans(marks, n) for n in ("data", "epoch", "eval", "files")
+        )
         values = {
             "start-up: the interpreter and its imports (torch, typer, the training code)": at[
                 "imports"
             ],
-            "reading the IDX files": _spans(marks, "data")[0],
+            "reading the IDX files": data,
             "epoch 1: training pass": trains[0],
             "epoch 1: test evaluation": evals[0],
-            "a later epoch: training pass (median)": float(np.median(trains[1:]))
-            if steady
-            else math.nan,
-            "a later epoch: test evaluation (median)": float(np.median(evals[1:]))
-            if steady
-            else math.nan,
+            "a later epoch: training pass (median)": float(np.median(trains[1:])),
+            "a later epoch: test evaluation (median)": float(np.median(evals[1:])),
             "each epoch's set of files (median)": float(np.median(files)),
         }
-        accounted = at["imports"] + _spans(marks, "data")[0] + sum(trains + evals + files)
+        accounted = at["imports"] + data + sum(trains + evals + files)
         values["the rest: checks, model set-up, samples, exit"] = at["exit"] - accounted
         values["the whole process"] = at["exit"]
         for key, value in values.items():
@@ -342,7 +341,7 @@ def parts(data_dir: str, runs: int, epochs: int, reference_s: float | None = Non
         f"steady epoch (training + evaluation): {epoch_s:.3f} s; epoch 1's warm-up: "
         f"{warmup:+.3f} s; beyond `import torch` and {epochs} steady epochs: {outside:.3f} s"
     )
-    if reference_s is not None and math.isfinite(epoch_s):
+    if reference_s is not None:
         best = reference_s / (floor.median + epochs * epoch_s)
         print(
             f"with nothing but `import torch` and {epochs} steady epochs, vae-train would be "
